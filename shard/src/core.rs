@@ -1,0 +1,946 @@
+//! The protocol core of one shard: sans-IO.
+//!
+//! [`ShardCore`] takes decoded CONNECTs, raw bytes from connections, messages from other
+//! shards and the current time (milliseconds, passed in), and leaves behind what to send:
+//! bytes per connection ([`ShardCore::take_output`]), connections to wake
+//! ([`ShardCore::drain_woken`]) and messages for other shards
+//! ([`ShardCore::drain_mesh`]). It never blocks, never touches a socket or a clock, and is
+//! driven the same way by the glommio runtime and by the deterministic simulation tests.
+//!
+//! Routing: a PUBLISH is matched against this shard's trie for local subscribers and
+//! against the replicated interest table for other shards; it is forwarded only to the
+//! shards that have a matching subscription (retained publishes go to every shard, each
+//! keeps a replica of the retained store). When this shard gains its first subscription to
+//! a filter, it tells every peer and holds the SUBACK until all have applied it, so a
+//! client that has its SUBACK receives everything published afterwards, from any shard.
+
+use crate::message::{owner_of, ConnId, MeshMessage, Message, ShardId, ShardSet, Token};
+use crate::session::{DropReason, Inflight, OutboundState, Queued, Session, SessionKey};
+use crate::stats::ShardStats;
+use crate::trie::Trie;
+use ahash::AHashMap;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use cutie_codec::{
+    ConnAck, Connect, ConnectReturnCode, Decoder, Packet, PacketId, ProtocolLevel, Publish,
+    PublishQos, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, TopicFilter, TopicName,
+    Unsubscribe,
+};
+use slab::Slab;
+use std::collections::VecDeque;
+
+/// Limits one shard enforces. Every buffer and queue has one.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest packet accepted from a client, fixed header included.
+    pub packet_size_max: usize,
+    /// Outbound QoS 1/2 messages sent and not yet acknowledged, per session.
+    pub inflight_max: u16,
+    /// Outbound messages waiting behind the inflight window (or for an offline client), per session.
+    pub queued_max: usize,
+    /// Bytes waiting to be written to one connection above which QoS 0 deliveries are dropped.
+    pub outbound_buffer_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            packet_size_max: 1024 * 1024,
+            inflight_max: 32,
+            queued_max: 1000,
+            outbound_buffer_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+/// What a connection's writer should do after [`ShardCore::take_output`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    /// Write what was handed over and wait for the next wake-up.
+    Open,
+    /// Write what was handed over, then close the socket and call [`ShardCore::conn_closed`].
+    Close,
+    /// The connection is gone: close the socket.
+    Gone,
+}
+
+/// Something owed to a client in order, possibly waiting for a barrier.
+#[derive(Debug)]
+enum Deferred {
+    /// An acknowledgement packet (PUBACK, PUBREC, SUBACK, UNSUBACK...).
+    Packet(Packet),
+    /// Send the retained messages matching these new subscriptions.
+    Retained(Vec<SubscribeFilter>),
+}
+
+/// One connection attached to a session.
+#[derive(Debug)]
+struct Conn {
+    /// The session it is attached to; `None` once closing.
+    session: Option<SessionKey>,
+    decoder: Decoder,
+    /// Bytes to write, swapped out by the writer.
+    out: BytesMut,
+    /// The connection is finished: write what is left in `out`, then close.
+    closing: bool,
+    /// Already in `ShardCore::woken`.
+    woken: bool,
+    /// 1.5 times the keep-alive, 0 when keep-alive is off.
+    keep_alive_limit_ms: u64,
+    last_seen_ms: u64,
+    /// Acknowledgements in the order the client is owed them; an entry with a pending
+    /// token blocks the ones behind it [MQTT-4.6.0-2].
+    deferred: VecDeque<(Option<Token>, Deferred)>,
+}
+
+/// One shard's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct ShardCore {
+    id: ShardId,
+    shard_count: u16,
+    limits: Limits,
+    conns: AHashMap<ConnId, Conn>,
+    sessions: Slab<Session>,
+    session_index: AHashMap<ByteString, SessionKey>,
+    /// Local subscriptions: (filter, session) -> granted QoS.
+    subscriptions: Trie<SessionKey, QoS>,
+    /// How many local sessions subscribe with each exact filter; 0 -> 1 and 1 -> 0 are
+    /// announced to the other shards.
+    local_filters: AHashMap<TopicFilter, u32>,
+    /// Other shards' interest: (filter, shard).
+    interest: Trie<ShardId, ()>,
+    /// The retained messages, replicated on every shard.
+    retained: AHashMap<TopicName, Message>,
+    /// Barriers in flight: token -> (acks still missing, connection waiting).
+    barriers: AHashMap<Token, (u16, ConnId)>,
+    next_token: u64,
+    mesh_out: Vec<(ShardId, MeshMessage)>,
+    woken: Vec<ConnId>,
+    match_scratch: Vec<(SessionKey, QoS)>,
+    id_counter: u64,
+    /// Counters, read by the runtime.
+    pub stats: ShardStats,
+}
+
+impl ShardCore {
+    /// A shard `id` of `shard_count`.
+    pub fn new(id: ShardId, shard_count: u16, limits: Limits) -> ShardCore {
+        assert!(id.0 < shard_count, "shard id {id} out of {shard_count}");
+        ShardCore {
+            id,
+            shard_count,
+            limits,
+            conns: AHashMap::new(),
+            sessions: Slab::new(),
+            session_index: AHashMap::new(),
+            subscriptions: Trie::new(),
+            local_filters: AHashMap::new(),
+            interest: Trie::new(),
+            retained: AHashMap::new(),
+            barriers: AHashMap::new(),
+            next_token: 0,
+            mesh_out: Vec::new(),
+            woken: Vec::new(),
+            match_scratch: Vec::new(),
+            id_counter: 0,
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The limits this shard enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A fresh client id owned by this shard, for a client that connected with an empty
+    /// one and clean session 1 [MQTT-3.1.3-6].
+    pub fn generate_client_id(&mut self) -> ByteString {
+        loop {
+            self.id_counter += 1;
+            let candidate = format!(
+                "cutie-{:04x}-{:012x}-{:08x}",
+                self.id.0,
+                self.id_counter,
+                rand::random::<u32>()
+            );
+            if owner_of(&candidate, self.shard_count) == self.id {
+                return ByteString::from(candidate);
+            }
+        }
+    }
+
+    /// Number of sessions (online and offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of attached connections (closing ones excluded).
+    pub fn connection_count(&self) -> usize {
+        self.conns.values().filter(|c| !c.closing).count()
+    }
+
+    /// Number of (filter, session) subscriptions on this shard.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Whether the shard `shard` has announced interest in a filter matching `topic`.
+    pub fn peer_interested(&self, shard: ShardId, topic: &TopicName) -> bool {
+        let mut found = false;
+        self.interest.for_each_match(topic, |s, _| found |= s == shard);
+        found
+    }
+
+    /// The session of `client_id`, if this shard holds one (for tests and the admin API).
+    pub fn session(&self, client_id: &str) -> Option<&Session> {
+        self.session_index.get(client_id).and_then(|k| self.sessions.get(*k))
+    }
+
+    // ----- connections --------------------------------------------------------------
+
+    /// A connection whose CONNECT was read (by the runtime, on this or another shard).
+    /// Answers CONNACK. Returns whether the connection was accepted; if not, it is
+    /// already closing.
+    pub fn connect(&mut self, conn_id: ConnId, connect: Connect, now_ms: u64) -> bool {
+        let mut conn = Conn {
+            session: None,
+            decoder: Decoder::new(self.limits.packet_size_max),
+            out: BytesMut::with_capacity(256),
+            closing: false,
+            woken: false,
+            keep_alive_limit_ms: u64::from(connect.keep_alive_secs) * 1500,
+            last_seen_ms: now_ms,
+            deferred: VecDeque::new(),
+        };
+
+        let refuse = |core: &mut ShardCore, mut conn: Conn, code: ConnectReturnCode| {
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                return_code: code,
+            })
+            .encode(&mut conn.out);
+            conn.closing = true;
+            core.stats.connections_refused_total += 1;
+            core.conns.insert(conn_id, conn);
+            core.wake(conn_id);
+            false
+        };
+
+        let client_id = if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                // [MQTT-3.1.3-8]: an empty client id needs clean session 1.
+                return refuse(self, conn, ConnectReturnCode::IdentifierRejected);
+            }
+            self.generate_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+        if connect.protocol == ProtocolLevel::V3_1 && client_id.len() > 23 {
+            // MQTT 3.1 limits client ids to 23 characters.
+            return refuse(self, conn, ConnectReturnCode::IdentifierRejected);
+        }
+        // Authentication and authorization plug in here (CONNACK 4 and 5).
+
+        let mut session_present = false;
+        if let Some(&key) = self.session_index.get(&client_id) {
+            if let Some(old_conn) = self.sessions[key].conn {
+                self.stats.takeovers_total += 1;
+                self.close_conn(old_conn, true, now_ms);
+            }
+        }
+        let key = match self.session_index.get(&client_id).copied() {
+            Some(key) if connect.clean_session => {
+                self.destroy_session(key);
+                None
+            }
+            other => other,
+        };
+        let key = match key {
+            Some(key) => {
+                session_present = true;
+                key
+            }
+            None => {
+                let key = self
+                    .sessions
+                    .insert(Session::new(client_id.clone(), connect.clean_session));
+                self.session_index.insert(client_id, key);
+                self.stats.sessions_current += 1;
+                key
+            }
+        };
+        let session = &mut self.sessions[key];
+        session.clean_session = connect.clean_session;
+        session.will = connect.will;
+        session.conn = Some(conn_id);
+        conn.session = Some(key);
+        Packet::ConnAck(ConnAck {
+            session_present,
+            return_code: ConnectReturnCode::Accepted,
+        })
+        .encode(&mut conn.out);
+        self.conns.insert(conn_id, conn);
+        self.stats.connections_total += 1;
+        self.stats.connections_current += 1;
+        self.resume_session(key);
+        self.wake(conn_id);
+        true
+    }
+
+    /// Bytes read from a connection. Decodes and handles every complete packet in `buf`,
+    /// leaving an incomplete tail. A malformed packet or a protocol violation closes the
+    /// connection (its will is published).
+    pub fn handle_bytes(&mut self, conn_id: ConnId, buf: &mut BytesMut, now_ms: u64) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                buf.clear();
+                return;
+            };
+            if conn.closing {
+                buf.clear();
+                return;
+            }
+            conn.last_seen_ms = now_ms;
+            match conn.decoder.decode(buf) {
+                Ok(Some(packet)) => self.handle_packet(conn_id, packet, now_ms),
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::debug!(conn = conn_id.0, %error, "malformed packet, closing");
+                    self.stats.protocol_errors_total += 1;
+                    self.close_conn(conn_id, true, now_ms);
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket of `conn_id` failed or reached end of file without DISCONNECT.
+    pub fn connection_lost(&mut self, conn_id: ConnId, now_ms: u64) {
+        if self.conns.get(&conn_id).is_some_and(|c| !c.closing) {
+            self.close_conn(conn_id, true, now_ms);
+        }
+        self.conns.remove(&conn_id);
+    }
+
+    /// The writer of a closing connection has flushed and closed the socket.
+    pub fn conn_closed(&mut self, conn_id: ConnId) {
+        self.conns.remove(&conn_id);
+    }
+
+    /// Periodic work: keep-alive expiry [MQTT-3.1.2-24].
+    pub fn tick(&mut self, now_ms: u64) {
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing
+                    && c.keep_alive_limit_ms > 0
+                    && now_ms.saturating_sub(c.last_seen_ms) > c.keep_alive_limit_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for conn_id in expired {
+            tracing::debug!(conn = conn_id.0, "keep-alive expired");
+            self.stats.keep_alive_expired_total += 1;
+            self.close_conn(conn_id, true, now_ms);
+        }
+    }
+
+    /// Closes every connection (broker shutdown). Wills are not published: the client
+    /// did nothing wrong, and persistent sessions stay.
+    pub fn close_all(&mut self, now_ms: u64) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn_id in ids {
+            self.close_conn(conn_id, false, now_ms);
+        }
+    }
+
+    /// Hands the pending output of `conn_id` to its writer by swapping it with `buf`
+    /// (which should be empty: buffers are reused, not reallocated).
+    pub fn take_output(&mut self, conn_id: ConnId, buf: &mut BytesMut) -> OutputState {
+        match self.conns.get_mut(&conn_id) {
+            None => OutputState::Gone,
+            Some(conn) => {
+                std::mem::swap(&mut conn.out, buf);
+                conn.woken = false;
+                if conn.closing {
+                    OutputState::Close
+                } else {
+                    OutputState::Open
+                }
+            }
+        }
+    }
+
+    /// Connections with new output since the last call.
+    pub fn drain_woken(&mut self, into: &mut Vec<ConnId>) {
+        into.append(&mut self.woken);
+    }
+
+    /// Messages for other shards produced since the last call.
+    pub fn drain_mesh(&mut self, into: &mut Vec<(ShardId, MeshMessage)>) {
+        into.append(&mut self.mesh_out);
+    }
+
+    /// A message from shard `from`.
+    pub fn handle_mesh(&mut self, from: ShardId, message: MeshMessage) {
+        self.stats.mesh_received_total += 1;
+        match message {
+            MeshMessage::Publish { message, ack } => {
+                if message.retain {
+                    self.store_retained(&message);
+                }
+                self.deliver_local(&message);
+                if let Some(token) = ack {
+                    self.mesh_out.push((from, MeshMessage::Ack(token)));
+                }
+            }
+            MeshMessage::Interest { filter, add, ack } => {
+                if add {
+                    self.interest.insert(&filter, from, ());
+                } else {
+                    self.interest.remove(&filter, from);
+                }
+                if let Some(token) = ack {
+                    self.mesh_out.push((from, MeshMessage::Ack(token)));
+                }
+            }
+            MeshMessage::Ack(token) => {
+                let done = match self.barriers.get_mut(&token) {
+                    Some((remaining, conn_id)) => {
+                        *remaining -= 1;
+                        (*remaining == 0).then_some(*conn_id)
+                    }
+                    None => None,
+                };
+                if let Some(conn_id) = done {
+                    self.barriers.remove(&token);
+                    self.flush_deferred(conn_id);
+                }
+            }
+        }
+    }
+
+    // ----- packets ------------------------------------------------------------------
+
+    fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now_ms: u64) {
+        let Some(key) = self.conns.get(&conn_id).and_then(|c| c.session) else {
+            return;
+        };
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(conn_id, key, publish),
+            Packet::PubAck(packet_id) => {
+                self.complete_outbound(key, packet_id, OutboundState::AwaitingPubAck)
+            }
+            Packet::PubRec(packet_id) => self.handle_pubrec(conn_id, key, packet_id),
+            Packet::PubRel(packet_id) => {
+                // Answer PUBCOMP even for an id we do not hold: after a lost PUBCOMP the
+                // client re-sends PUBREL on reconnect and must get its PUBCOMP [MQTT-4.3.3-2].
+                if !self.sessions[key].inbound_qos2.remove(&packet_id) {
+                    self.stats.unknown_packet_id_total += 1;
+                }
+                self.send_ack(conn_id, None, Deferred::Packet(Packet::PubComp(packet_id)));
+            }
+            Packet::PubComp(packet_id) => {
+                self.complete_outbound(key, packet_id, OutboundState::AwaitingPubComp)
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(conn_id, key, subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(conn_id, key, unsubscribe)
+            }
+            Packet::PingReq => self.send_packet(conn_id, &Packet::PingResp),
+            Packet::Disconnect => {
+                // A clean disconnect discards the will [MQTT-3.14.4-3].
+                self.sessions[key].will = None;
+                self.close_conn(conn_id, false, now_ms);
+            }
+            Packet::Connect(_) => {
+                // A second CONNECT is a protocol violation [MQTT-3.1.0-2].
+                tracing::debug!(conn = conn_id.0, "second CONNECT, closing");
+                self.stats.protocol_errors_total += 1;
+                self.close_conn(conn_id, true, now_ms);
+            }
+            Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                tracing::debug!(conn = conn_id.0, "server-to-client packet from a client, closing");
+                self.stats.protocol_errors_total += 1;
+                self.close_conn(conn_id, true, now_ms);
+            }
+        }
+    }
+
+    fn handle_publish(&mut self, conn_id: ConnId, key: SessionKey, publish: Publish) {
+        let qos = publish.qos.qos();
+        self.stats.publish_received_total[qos as usize] += 1;
+        self.stats.publish_received_bytes_total += publish.payload.len() as u64;
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+        };
+        match publish.qos {
+            PublishQos::AtMostOnce => {
+                self.route(message, false);
+            }
+            PublishQos::AtLeastOnce(packet_id) => {
+                let token = self.route(message, true);
+                self.send_ack(conn_id, token, Deferred::Packet(Packet::PubAck(packet_id)));
+            }
+            PublishQos::ExactlyOnce(packet_id) => {
+                // Route only the first time: a re-sent PUBLISH with an id still awaiting
+                // PUBREL is the same message [MQTT-4.3.3-2].
+                let token = if self.sessions[key].inbound_qos2.insert(packet_id) {
+                    self.route(message, true)
+                } else {
+                    None
+                };
+                self.send_ack(conn_id, token, Deferred::Packet(Packet::PubRec(packet_id)));
+            }
+        }
+    }
+
+    fn handle_pubrec(&mut self, conn_id: ConnId, key: SessionKey, packet_id: PacketId) {
+        let session = &mut self.sessions[key];
+        match session.inflight_position(packet_id) {
+            Some(pos) if session.inflight[pos].state != OutboundState::AwaitingPubAck => {
+                session.inflight[pos].state = OutboundState::AwaitingPubComp;
+                self.send_packet(conn_id, &Packet::PubRel(packet_id));
+            }
+            _ => self.stats.unknown_packet_id_total += 1,
+        }
+    }
+
+    fn complete_outbound(&mut self, key: SessionKey, packet_id: PacketId, state: OutboundState) {
+        let session = &mut self.sessions[key];
+        match session.inflight_position(packet_id) {
+            Some(pos) if session.inflight[pos].state == state => {
+                session.inflight.remove(pos);
+                self.pump(key);
+            }
+            _ => self.stats.unknown_packet_id_total += 1,
+        }
+    }
+
+    fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, subscribe: Subscribe) {
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut barrier = None;
+        for SubscribeFilter { filter, qos } in &subscribe.filters {
+            // Every valid filter is granted at the QoS asked for; ACLs plug in here (0x80).
+            let granted = *qos;
+            let previous = self.subscriptions.insert(filter, key, granted);
+            self.sessions[key].subscriptions.insert(filter.clone(), granted);
+            if previous.is_none() && self.add_local_filter(filter) {
+                let token = *barrier.get_or_insert_with(|| self.new_barrier(conn_id));
+                self.broadcast(|| MeshMessage::Interest {
+                    filter: filter.clone(),
+                    add: true,
+                    ack: Some(token),
+                });
+            }
+            codes.push(SubscribeReturnCode::Success(granted));
+        }
+        let packet = Packet::SubAck(cutie_codec::SubAck {
+            packet_id: subscribe.packet_id,
+            return_codes: codes,
+        });
+        self.send_ack(conn_id, barrier, Deferred::Packet(packet));
+        // Retained messages follow the SUBACK, for new and replaced subscriptions alike.
+        self.send_ack(conn_id, None, Deferred::Retained(subscribe.filters));
+    }
+
+    fn handle_unsubscribe(&mut self, conn_id: ConnId, key: SessionKey, unsubscribe: Unsubscribe) {
+        for filter in &unsubscribe.filters {
+            self.remove_subscription(key, filter);
+        }
+        self.send_ack(
+            conn_id,
+            None,
+            Deferred::Packet(Packet::UnsubAck(unsubscribe.packet_id)),
+        );
+    }
+
+    // ----- sessions -----------------------------------------------------------------
+
+    /// Re-sends the inflight window (DUP set, PUBREL for those past PUBREC) and fills it
+    /// from the queue, after a client reconnects to a stored session [MQTT-4.4.0-1].
+    fn resume_session(&mut self, key: SessionKey) {
+        let session = &self.sessions[key];
+        let Some(conn_id) = session.conn else { return };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        for inflight in &session.inflight {
+            match inflight.state {
+                OutboundState::AwaitingPubComp => {
+                    Packet::PubRel(inflight.packet_id).encode(&mut conn.out)
+                }
+                _ => {
+                    encode_publish(&mut conn.out, &inflight.message, Some(inflight.packet_id), true)
+                }
+            }
+        }
+        self.pump(key);
+    }
+
+    /// Moves queued messages into the inflight window while there is room and the client
+    /// is online.
+    fn pump(&mut self, key: SessionKey) {
+        let inflight_max = self.limits.inflight_max;
+        let session = &mut self.sessions[key];
+        let Some(conn_id) = session.conn else { return };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let mut sent = false;
+        while session.window_has_room(inflight_max) {
+            let Some(Queued { message }) = session.queue.pop_front() else {
+                break;
+            };
+            let packet_id = session.allocate_packet_id();
+            encode_publish(&mut conn.out, &message, Some(packet_id), false);
+            self.stats.publish_sent_total[message.qos as usize] += 1;
+            let state = if message.qos == QoS::ExactlyOnce {
+                OutboundState::AwaitingPubRec
+            } else {
+                OutboundState::AwaitingPubAck
+            };
+            session.inflight.push_back(Inflight {
+                packet_id,
+                message,
+                state,
+            });
+            sent = true;
+        }
+        if sent {
+            self.wake(conn_id);
+        }
+    }
+
+    /// Detaches and closes a connection. Publishes its will if `publish_will`; ends the
+    /// session if it was a clean one.
+    fn close_conn(&mut self, conn_id: ConnId, publish_will: bool, now_ms: u64) {
+        let _ = now_ms;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        conn.deferred.clear();
+        let session_key = conn.session.take();
+        self.wake(conn_id);
+        let Some(key) = session_key else { return };
+        self.stats.connections_current = self.stats.connections_current.saturating_sub(1);
+        let session = &mut self.sessions[key];
+        if session.conn == Some(conn_id) {
+            session.conn = None;
+        }
+        let will = session.will.take();
+        let clean = session.clean_session;
+        if let (true, Some(will)) = (publish_will, will) {
+            self.stats.wills_published_total += 1;
+            self.route(
+                Message {
+                    topic: will.topic,
+                    payload: will.payload,
+                    qos: will.qos,
+                    retain: will.retain,
+                },
+                false,
+            );
+        }
+        if clean {
+            self.destroy_session(key);
+        }
+    }
+
+    /// Removes a session and all its subscriptions.
+    fn destroy_session(&mut self, key: SessionKey) {
+        let filters: Vec<TopicFilter> = self.sessions[key].subscriptions.keys().cloned().collect();
+        for filter in &filters {
+            self.remove_subscription(key, filter);
+        }
+        let session = self.sessions.remove(key);
+        self.session_index.remove(&session.client_id);
+        self.stats.sessions_current = self.stats.sessions_current.saturating_sub(1);
+    }
+
+    fn remove_subscription(&mut self, key: SessionKey, filter: &TopicFilter) {
+        if self.subscriptions.remove(filter, key).is_none() {
+            return;
+        }
+        self.sessions[key].subscriptions.remove(filter);
+        if let Some(count) = self.local_filters.get_mut(filter) {
+            *count -= 1;
+            if *count == 0 {
+                self.local_filters.remove(filter);
+                self.broadcast(|| MeshMessage::Interest {
+                    filter: filter.clone(),
+                    add: false,
+                    ack: None,
+                });
+            }
+        }
+    }
+
+    /// Counts a local session subscribing with `filter`; true when it is the first.
+    fn add_local_filter(&mut self, filter: &TopicFilter) -> bool {
+        let count = self.local_filters.entry(filter.clone()).or_insert(0);
+        *count += 1;
+        *count == 1 && self.shard_count > 1
+    }
+
+    // ----- routing ------------------------------------------------------------------
+
+    /// Routes a message published on this shard: updates the retained store, forwards it
+    /// to the shards that want it and delivers it locally. With `want_barrier`, a retained
+    /// update is acknowledged only once every shard holds it; the token to wait for is
+    /// returned.
+    fn route(&mut self, message: Message, want_barrier: bool) -> Option<Token> {
+        let mut token = None;
+        let mut matched = false;
+        if message.retain {
+            self.store_retained(&message);
+            if self.shard_count > 1 {
+                let barrier = want_barrier.then(|| self.new_barrier_unowned());
+                token = barrier;
+                self.broadcast(|| MeshMessage::Publish {
+                    message: message.clone(),
+                    ack: barrier,
+                });
+                matched = self.interest_set(&message.topic).iter().next().is_some();
+            }
+        } else if self.shard_count > 1 {
+            let shards = self.interest_set(&message.topic);
+            for shard in shards.iter() {
+                matched = true;
+                self.stats.forwarded_total += 1;
+                self.mesh_out.push((
+                    shard,
+                    MeshMessage::Publish {
+                        message: message.clone(),
+                        ack: None,
+                    },
+                ));
+            }
+        }
+        if !self.deliver_local(&message) && !matched {
+            self.stats.dropped_no_subscribers_total += 1;
+        }
+        token
+    }
+
+    fn interest_set(&self, topic: &TopicName) -> ShardSet {
+        let mut shards = ShardSet::default();
+        self.interest.for_each_match(topic, |shard, _| shards.insert(shard));
+        shards
+    }
+
+    fn store_retained(&mut self, message: &Message) {
+        if message.payload.is_empty() {
+            // An empty retained message clears the topic [MQTT-3.3.1-10].
+            self.retained.remove(&message.topic);
+        } else {
+            self.retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// Delivers to every local session with a matching subscription, once per session at
+    /// the highest granted QoS. Returns whether any session matched.
+    fn deliver_local(&mut self, message: &Message) -> bool {
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(&message.topic, |key, qos| matches.push((key, *qos)));
+        if matches.len() > 1 {
+            // Overlapping subscriptions of one session: one delivery, highest QoS.
+            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matches.dedup_by_key(|m| m.0);
+        }
+        let any = !matches.is_empty();
+        for &(key, granted) in &matches {
+            // Delivered because of an existing subscription: retain flag 0 [MQTT-3.3.1-9].
+            self.deliver(key, message, granted.min(message.qos), false);
+        }
+        self.match_scratch = matches;
+        any
+    }
+
+    /// Delivers `message` to one session at `qos`, sending, queueing or dropping it.
+    fn deliver(&mut self, key: SessionKey, message: &Message, qos: QoS, retain: bool) {
+        let session = &mut self.sessions[key];
+        let conn = session
+            .conn
+            .and_then(|id| self.conns.get_mut(&id).map(|c| (id, c)));
+        let outgoing = || Message {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos,
+            retain,
+        };
+        if qos == QoS::AtMostOnce {
+            match conn {
+                Some((conn_id, conn)) => {
+                    if conn.out.len() >= self.limits.outbound_buffer_bytes_max {
+                        self.count_drop(DropReason::OutboundBufferFull);
+                        return;
+                    }
+                    encode_publish(&mut conn.out, &outgoing(), None, false);
+                    self.stats.publish_sent_total[0] += 1;
+                    self.wake(conn_id);
+                }
+                None => self.count_drop(DropReason::Offline),
+            }
+            return;
+        }
+        if session.queue.len() >= self.limits.queued_max {
+            self.count_drop(DropReason::QueueFull);
+            return;
+        }
+        session.queue.push_back(Queued {
+            message: outgoing(),
+        });
+        self.pump(key);
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        match reason {
+            DropReason::QueueFull => self.stats.dropped_queue_full_total += 1,
+            DropReason::OutboundBufferFull => self.stats.dropped_outbound_full_total += 1,
+            DropReason::Offline => self.stats.dropped_offline_total += 1,
+        }
+    }
+
+    // ----- output -------------------------------------------------------------------
+
+    fn wake(&mut self, conn_id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            if !conn.woken {
+                conn.woken = true;
+                self.woken.push(conn_id);
+            }
+        }
+    }
+
+    fn send_packet(&mut self, conn_id: ConnId, packet: &Packet) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            packet.encode(&mut conn.out);
+            self.wake(conn_id);
+        }
+    }
+
+    /// Sends an acknowledgement in order: after every earlier one, and not before
+    /// `token`'s barrier (if any) completes.
+    fn send_ack(&mut self, conn_id: ConnId, token: Option<Token>, deferred: Deferred) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(token) = token {
+            if let Some((_, owner)) = self.barriers.get_mut(&token) {
+                *owner = conn_id;
+            }
+        }
+        conn.deferred.push_back((token, deferred));
+        self.flush_deferred(conn_id);
+    }
+
+    fn flush_deferred(&mut self, conn_id: ConnId) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            let ready = match conn.deferred.front() {
+                Some((Some(token), _)) => !self.barriers.contains_key(token),
+                Some((None, _)) => true,
+                None => false,
+            };
+            if !ready {
+                return;
+            }
+            let Some((_, deferred)) = conn.deferred.pop_front() else {
+                return;
+            };
+            match deferred {
+                Deferred::Packet(packet) => {
+                    packet.encode(&mut conn.out);
+                    self.wake(conn_id);
+                }
+                Deferred::Retained(filters) => self.send_retained(conn_id, &filters),
+            }
+        }
+    }
+
+    fn send_retained(&mut self, conn_id: ConnId, filters: &[SubscribeFilter]) {
+        let Some(key) = self.conns.get(&conn_id).and_then(|c| c.session) else {
+            return;
+        };
+        let mut found: Vec<(Message, QoS)> = Vec::new();
+        for SubscribeFilter { filter, qos } in filters {
+            for message in self.retained.values() {
+                if filter.matches(&message.topic) {
+                    found.push((message.clone(), (*qos).min(message.qos)));
+                }
+            }
+        }
+        for (message, qos) in found {
+            // Sent because of a new subscription: retain flag 1 [MQTT-3.3.1-8].
+            self.deliver(key, &message, qos, true);
+        }
+    }
+
+    fn new_barrier(&mut self, conn_id: ConnId) -> Token {
+        let token = self.new_barrier_unowned();
+        if let Some((_, owner)) = self.barriers.get_mut(&token) {
+            *owner = conn_id;
+        }
+        token
+    }
+
+    fn new_barrier_unowned(&mut self) -> Token {
+        self.next_token += 1;
+        let token = Token(self.next_token);
+        self.barriers
+            .insert(token, (self.shard_count - 1, ConnId(u64::MAX)));
+        token
+    }
+
+    fn broadcast(&mut self, mut make: impl FnMut() -> MeshMessage) {
+        for shard in 0..self.shard_count {
+            if shard != self.id.0 {
+                self.mesh_out.push((ShardId(shard), make()));
+            }
+        }
+    }
+}
+
+/// Appends a PUBLISH for `message` (its `qos` and `retain` are the delivery's).
+fn encode_publish(out: &mut BytesMut, message: &Message, packet_id: Option<PacketId>, dup: bool) {
+    let qos = match (message.qos, packet_id) {
+        (QoS::AtLeastOnce, Some(id)) => PublishQos::AtLeastOnce(id),
+        (QoS::ExactlyOnce, Some(id)) => PublishQos::ExactlyOnce(id),
+        _ => PublishQos::AtMostOnce,
+    };
+    Packet::Publish(Publish {
+        dup: dup && qos != PublishQos::AtMostOnce,
+        qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+    })
+    .encode(out);
+}

@@ -1,0 +1,25 @@
+//! `cutie-shard`: one executor's world.
+//!
+//! A shard owns a slice of the client connections (those whose client id hashes to it),
+//! their sessions, a local subscription trie and a replica of the retained messages. It
+//! shares nothing with other shards but messages over a lock-free mesh.
+//!
+//! - [`core`]: the sans-IO protocol core: CONNECT handling, sessions, QoS 1/2 state
+//!   machines, routing decisions. Takes bytes and time, returns bytes and messages.
+//! - [`session`]: one client id's session: subscriptions, inflight window, queue, inbound
+//!   QoS 2 ids.
+//! - [`trie`]: the topic-filter trie used for subscriptions and for other shards' interest.
+//! - [`message`]: what shards say to each other, and the ids that cross shard boundaries.
+//! - [`stats`]: per-shard counters.
+//! - [`runtime`]: the glommio shell: executors, listeners, connection tasks, the mesh.
+
+pub mod core;
+pub mod message;
+pub mod runtime;
+pub mod session;
+pub mod stats;
+pub mod trie;
+
+pub use crate::core::{Limits, OutputState, ShardCore};
+pub use message::{owner_of, ConnId, MeshMessage, Message, ShardId};
+pub use runtime::{start, Broker, Control, RuntimeConfig, StartError};

@@ -1,0 +1,151 @@
+//! What shards say to each other, and the ids that cross shard boundaries.
+//!
+//! Everything here is `Send`: it travels over the SPSC mesh between executors. A forwarded
+//! message is one [`Message`] whose topic and payload are reference-counted `Bytes`, so
+//! forwarding to K shards and delivering to M subscribers copies no payload.
+
+use bytes::Bytes;
+use cutie_codec::{QoS, TopicFilter, TopicName};
+
+/// Most shards one broker runs; [`ShardSet`] is sized for it.
+pub const SHARDS_MAX: usize = 256;
+
+/// The index of a shard (an executor), `0..shard_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub u16);
+
+impl ShardId {
+    /// The index as a `usize`, for indexing per-shard tables.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A connection, unique within its shard for the shard's lifetime (never reused, so a
+/// late event about a closed connection can never hit a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A barrier token: a shard that needs every peer to have applied a change before it
+/// acknowledges something to a client sends the change with a token; each peer answers
+/// [`MeshMessage::Ack`] with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u64);
+
+/// An application message as routed inside the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Where it was published.
+    pub topic: TopicName,
+    /// The payload, shared by every copy of the message.
+    pub payload: Bytes,
+    /// The QoS it was published with (the upper bound for every delivery).
+    pub qos: QoS,
+    /// Whether it was published with the retain flag.
+    pub retain: bool,
+}
+
+/// A message between shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshMessage {
+    /// Deliver to local subscribers; if `message.retain`, also update the retained store
+    /// (retained publishes go to every shard, others only to interested shards).
+    Publish {
+        /// The message.
+        message: Message,
+        /// Answer `Ack` with this token once applied.
+        ack: Option<Token>,
+    },
+    /// The sending shard gained (`add`) or lost its last local subscription to `filter`.
+    Interest {
+        /// The filter.
+        filter: TopicFilter,
+        /// Gained or lost.
+        add: bool,
+        /// Answer `Ack` with this token once applied.
+        ack: Option<Token>,
+    },
+    /// A barrier answer: the change sent with `Token` is applied on the sending shard.
+    Ack(Token),
+}
+
+/// A set of shards, as a fixed bitmap (no allocation on the routing path).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSet([u64; SHARDS_MAX / 64]);
+
+impl ShardSet {
+    /// Adds `shard`.
+    pub fn insert(&mut self, shard: ShardId) {
+        let i = shard.index();
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether `shard` is in the set.
+    pub fn contains(&self, shard: ShardId) -> bool {
+        let i = shard.index();
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The shards in the set, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, bits)| {
+            (0..64).filter(move |b| bits & (1u64 << b) != 0).map(move |b| {
+                // invariant: w < SHARDS_MAX / 64 and b < 64, so the index fits u16.
+                ShardId((w * 64 + b) as u16)
+            })
+        })
+    }
+}
+
+/// The shard that owns `client_id`: a stable hash (FNV-1a 64), so ownership is the same
+/// across restarts and versions as long as the shard count is.
+pub fn owner_of(client_id: &str, shard_count: u16) -> ShardId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in client_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // invariant: the remainder is < shard_count, which is a u16.
+    ShardId((hash % u64::from(shard_count.max(1))) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set_iterates_what_was_inserted() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty());
+        for i in [0u16, 3, 63, 64, 200, 255] {
+            set.insert(ShardId(i));
+        }
+        let got: Vec<u16> = set.iter().map(|s| s.0).collect();
+        assert_eq!(got, vec![0, 3, 63, 64, 200, 255]);
+        assert!(set.contains(ShardId(64)));
+        assert!(!set.contains(ShardId(65)));
+    }
+
+    #[test]
+    fn owner_is_stable_and_in_range() {
+        assert_eq!(owner_of("client-a", 1), ShardId(0));
+        for n in 1..9u16 {
+            let owner = owner_of("client-a", n);
+            assert!(owner.0 < n);
+            assert_eq!(owner, owner_of("client-a", n));
+        }
+        // FNV-1a of the empty string is the offset basis.
+        assert_eq!(owner_of("", 7).0 as u64, 0xcbf2_9ce4_8422_2325u64 % 7);
+    }
+}

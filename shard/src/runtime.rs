@@ -1,0 +1,645 @@
+//! The thin glommio shell around [`ShardCore`]: executors, sockets, timers, the mesh.
+//!
+//! One pinned executor per shard. Each accepts on its own SO_REUSEPORT listener, reads
+//! CONNECT, and hands a connection whose client id another shard owns to that shard by
+//! passing the socket's file descriptor over the mesh (one move per connection, then no
+//! proxying). Per connection there is a reader task (socket -> core) and a writer task
+//! (core -> socket; it takes everything produced since its last wake-up in one write, so
+//! many deliveries cost one syscall).
+//!
+//! Cost model: one `RefCell` borrow of the core per read, mesh message or tick; never
+//! held across an await. The mesh is glommio's SPSC `shared_channel`, bounded; a reader
+//! whose messages do not fit waits (backpressure to the publisher), mesh handlers never
+//! wait (an answer that does not fit is sent from a spawned task).
+
+use crate::core::{Limits, OutputState, ShardCore};
+use crate::message::{owner_of, ConnId, MeshMessage, ShardId};
+use ahash::AHashMap;
+use bytes::BytesMut;
+use cutie_codec::{ConnAck, Connect, DecodeError, Decoder, Packet};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How a broker's shards run.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Number of shards (executors), 1..=256.
+    pub shards: u16,
+    /// Pin each executor to one CPU of the process's affinity mask.
+    pub pin_cores: bool,
+    /// Where MQTT clients connect.
+    pub listen: SocketAddr,
+    /// glommio `io_memory` per executor (counted against `ulimit -l`).
+    pub io_memory_bytes: usize,
+    /// io_uring ring depth per executor.
+    pub ring_depth: usize,
+    /// Capacity of each mesh channel, in messages.
+    pub mesh_channel_capacity: usize,
+    /// A connection must send CONNECT within this time.
+    pub connect_timeout: Duration,
+    /// Most connections for the whole broker (each shard takes an equal share).
+    pub max_connections: usize,
+    /// Protocol limits.
+    pub limits: Limits,
+}
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding the MQTT listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An executor could not be created.
+    #[error("cannot start shard {shard}: {message}")]
+    Executor {
+        /// Which shard.
+        shard: u16,
+        /// What glommio said.
+        message: String,
+    },
+    /// The configuration is unusable.
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+}
+
+/// Control messages from outside the shards (signals, admin). Polled with `try_recv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop accepting, close every connection, exit the executor.
+    Shutdown,
+}
+
+/// What travels between shards: protocol messages for the core, or a connection being
+/// handed to its owner shard.
+#[derive(Debug)]
+enum Envelope {
+    Core(MeshMessage),
+    HandOff(HandOff),
+}
+
+/// A connection whose CONNECT was read on a shard that does not own its client id.
+#[derive(Debug)]
+struct HandOff {
+    fd: OwnedFd,
+    connect: Connect,
+    /// Bytes read after the CONNECT.
+    rest: BytesMut,
+}
+
+/// A running broker: its shards, and how to stop them.
+#[derive(Debug)]
+pub struct Broker {
+    local_addr: SocketAddr,
+    controls: Vec<crossbeam_channel::Sender<Control>>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Broker {
+    /// The address the MQTT listener is bound to (the real port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Asks every shard to shut down (returns at once; see [`Broker::join`]).
+    pub fn shutdown(&self) {
+        for control in &self.controls {
+            let _ = control.send(Control::Shutdown);
+        }
+    }
+
+    /// Waits until every shard has exited.
+    pub fn join(self) {
+        for (i, handle) in self.handles.into_iter().enumerate() {
+            if let Err(error) = handle.join() {
+                tracing::error!(shard = i, %error, "shard exited with an error");
+            }
+        }
+    }
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it and we only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Starts the shards and returns once every listener is bound and the mesh is being
+/// connected. Bind errors are reported here, before any executor runs.
+pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
+    let n = config.shards;
+    if n == 0 || usize::from(n) > crate::message::SHARDS_MAX {
+        return Err(StartError::Config(format!(
+            "shards must be between 1 and {}",
+            crate::message::SHARDS_MAX
+        )));
+    }
+    // Bind every listener here so an address in use is a clear error, and so binding
+    // port 0 gives every shard the same port.
+    let mut listeners = Vec::with_capacity(usize::from(n));
+    let mut local_addr = config.listen;
+    for _ in 0..n {
+        let socket = bind_listener(local_addr).map_err(|source| StartError::Bind {
+            addr: local_addr,
+            source,
+        })?;
+        if local_addr.port() == 0 {
+            local_addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| StartError::Bind {
+                    addr: config.listen,
+                    source: std::io::Error::other("no local address after bind"),
+                })?;
+        }
+        listeners.push(OwnedFd::from(socket));
+    }
+
+    // The mesh: one bounded SPSC channel for every ordered pair of shards.
+    let mut senders: Vec<Vec<Option<SharedSender<Envelope>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<Option<SharedReceiver<Envelope>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..usize::from(n) {
+        for to in 0..usize::from(n) {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(config.mesh_channel_capacity);
+                senders[from][to] = Some(tx);
+                receivers[to][from] = Some(rx);
+            }
+        }
+    }
+
+    let cpus = allowed_cpus();
+    let mut controls = Vec::new();
+    let mut handles = Vec::new();
+    for (i, ((listener, my_senders), my_receivers)) in listeners
+        .into_iter()
+        .zip(senders)
+        .zip(receivers)
+        .enumerate()
+    {
+        let shard = ShardId(i as u16);
+        let (control_tx, control_rx) = crossbeam_channel::bounded(4);
+        controls.push(control_tx);
+        let placement = match (config.pin_cores, cpus.is_empty()) {
+            (true, false) => Placement::Fixed(cpus[i % cpus.len()]),
+            _ => Placement::Unbound,
+        };
+        let config = config.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("cutie-shard-{i}"))
+            .io_memory(config.io_memory_bytes)
+            .ring_depth(config.ring_depth)
+            .spawn(move || async move {
+                run_shard(shard, config, listener, my_senders, my_receivers, control_rx).await
+            })
+            .map_err(|e| StartError::Executor {
+                shard: i as u16,
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    Ok(Broker {
+        local_addr,
+        controls,
+        handles,
+    })
+}
+
+/// One shard's runtime state, shared by its tasks (single thread: `Rc`/`RefCell`).
+struct Shard {
+    id: ShardId,
+    config: RuntimeConfig,
+    core: RefCell<ShardCore>,
+    senders: Vec<Option<ConnectedSender<Envelope>>>,
+    writers: RefCell<AHashMap<ConnId, LocalSender<()>>>,
+    next_conn: Cell<u64>,
+    open_connections: Cell<usize>,
+    start: Instant,
+    stopping: Cell<bool>,
+}
+
+impl Shard {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        ConnId(id)
+    }
+
+    /// Wakes writers with new output and collects messages for other shards.
+    fn collect_effects(&self) -> Vec<(ShardId, MeshMessage)> {
+        let mut woken = Vec::new();
+        let mut mesh = Vec::new();
+        {
+            let mut core = self.core.borrow_mut();
+            core.drain_woken(&mut woken);
+            core.drain_mesh(&mut mesh);
+        }
+        let writers = self.writers.borrow();
+        for conn_id in woken {
+            if let Some(writer) = writers.get(&conn_id) {
+                // Full means a wake-up is already pending, which is all we need.
+                let _ = writer.try_send(());
+            }
+        }
+        mesh
+    }
+
+    /// Applies effects, waiting for room in mesh channels (backpressure).
+    async fn flush(&self) {
+        for (to, message) in self.collect_effects() {
+            if let Some(sender) = &self.senders[to.index()] {
+                if sender.send(Envelope::Core(message)).await.is_err() {
+                    tracing::warn!(shard = %self.id, to = %to, "mesh channel closed");
+                }
+            }
+        }
+    }
+
+    /// Applies effects without waiting: for mesh handlers, which must never block on a
+    /// peer (two shards waiting on each other's full channels would deadlock).
+    fn flush_nowait(self: &Rc<Self>) {
+        for (to, message) in self.collect_effects() {
+            let Some(sender) = &self.senders[to.index()] else {
+                continue;
+            };
+            if let Err(error) = sender.try_send(Envelope::Core(message)) {
+                let envelope = match error {
+                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(e)) => e,
+                    _ => continue, // the peer is gone (shutdown)
+                };
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    if let Some(sender) = &shard.senders[to.index()] {
+                        let _ = sender.send(envelope).await;
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+async fn run_shard(
+    id: ShardId,
+    config: RuntimeConfig,
+    listener_fd: OwnedFd,
+    senders: Vec<Option<SharedSender<Envelope>>>,
+    receivers: Vec<Option<SharedReceiver<Envelope>>>,
+    control: crossbeam_channel::Receiver<Control>,
+) {
+    // Connect the mesh in one global order (channel from->to, by from then to), the same
+    // on every shard, so rendezvous never wait on each other in a cycle.
+    let n = usize::from(config.shards);
+    let mut senders: Vec<Option<SharedSender<Envelope>>> = senders;
+    let mut receivers: Vec<Option<SharedReceiver<Envelope>>> = receivers;
+    let mut connected_senders: Vec<Option<ConnectedSender<Envelope>>> = (0..n).map(|_| None).collect();
+    let mut connected_receivers: Vec<(ShardId, ConnectedReceiver<Envelope>)> = Vec::new();
+    for from in 0..n {
+        for to in 0..n {
+            if from == to {
+                continue;
+            }
+            if from == id.index() {
+                if let Some(tx) = senders[to].take() {
+                    connected_senders[to] = Some(tx.connect().await);
+                }
+            } else if to == id.index() {
+                if let Some(rx) = receivers[from].take() {
+                    connected_receivers.push((ShardId(from as u16), rx.connect().await));
+                }
+            }
+        }
+    }
+
+    let limits = config.limits.clone();
+    let shard = Rc::new(Shard {
+        id,
+        core: RefCell::new(ShardCore::new(id, config.shards, limits)),
+        senders: connected_senders,
+        writers: RefCell::new(AHashMap::new()),
+        next_conn: Cell::new(0),
+        open_connections: Cell::new(0),
+        start: Instant::now(),
+        stopping: Cell::new(false),
+        config,
+    });
+
+    for (from, rx) in connected_receivers {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = rx.recv().await {
+                match envelope {
+                    Envelope::Core(message) => {
+                        shard.core.borrow_mut().handle_mesh(from, message);
+                        shard.flush_nowait();
+                    }
+                    Envelope::HandOff(handoff) => {
+                        // SAFETY: the fd is a connected TCP socket we own (moved here).
+                        let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
+                        let shard = shard.clone();
+                        glommio::spawn_local(run_connection(
+                            shard,
+                            stream,
+                            handoff.connect,
+                            handoff.rest,
+                        ))
+                        .detach();
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
+    let (stop_tx, stop_rx) = local_channel::new_bounded::<()>(1);
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let per_shard_max = shard
+                .config
+                .max_connections
+                .div_ceil(usize::from(shard.config.shards));
+            loop {
+                let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    let _ = stop_rx.recv().await;
+                    None
+                })
+                .await;
+                let stream = match accepted {
+                    None => break,
+                    Some(Ok(stream)) => stream,
+                    Some(Err(error)) => {
+                        tracing::warn!(shard = %shard.id, %error, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if shard.open_connections.get() >= per_shard_max {
+                    shard.core.borrow_mut().stats.connections_refused_total += 1;
+                    tracing::debug!(shard = %shard.id, "connection limit reached, refusing");
+                    drop(stream);
+                    continue;
+                }
+                glommio::spawn_local(accept_connection(shard.clone(), stream)).detach();
+            }
+        })
+        .detach();
+    }
+
+    // Tick: keep-alive, control messages.
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let now = shard.now_ms();
+        shard.core.borrow_mut().tick(now);
+        shard.flush().await;
+        if let Ok(Control::Shutdown) = control.try_recv() {
+            break;
+        }
+    }
+
+    // Shutdown: stop accepting, close every connection, give writers a moment to flush.
+    tracing::debug!(shard = %id, "shutting down");
+    shard.stopping.set(true);
+    let _ = stop_tx.try_send(());
+    let now = shard.now_ms();
+    shard.core.borrow_mut().close_all(now);
+    shard.flush().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shard.open_connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads CONNECT (within the connect timeout), then serves the connection here or hands
+/// it to the shard that owns its client id.
+async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut decoder = Decoder::new(shard.config.limits.packet_size_max);
+    let timeout = shard.config.connect_timeout;
+    let first = futures_lite::future::or(
+        async { Some(read_first_packet(&mut stream, &mut buf, &mut decoder).await) },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let connect = match first {
+        None => {
+            tracing::debug!(shard = %shard.id, "no CONNECT within the connect timeout");
+            return;
+        }
+        Some(Ok(Packet::Connect(connect))) => *connect,
+        Some(Ok(other)) => {
+            // The first packet must be CONNECT [MQTT-3.1.0-1].
+            tracing::debug!(shard = %shard.id, packet = ?other.packet_type(), "first packet is not CONNECT");
+            shard.core.borrow_mut().stats.protocol_errors_total += 1;
+            return;
+        }
+        Some(Err(FirstPacketError::Decode(error))) => {
+            tracing::debug!(shard = %shard.id, %error, "malformed CONNECT");
+            shard.core.borrow_mut().stats.protocol_errors_total += 1;
+            if let Some(code) = error.connack_return_code() {
+                let mut out = BytesMut::new();
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    return_code: code,
+                })
+                .encode(&mut out);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.flush().await;
+            }
+            return;
+        }
+        Some(Err(FirstPacketError::Io)) => return,
+    };
+
+    let owner = if connect.client_id.is_empty() {
+        shard.id
+    } else {
+        owner_of(&connect.client_id, shard.config.shards)
+    };
+    if owner == shard.id {
+        run_connection(shard, stream, connect, buf).await;
+        return;
+    }
+    // Hand the socket to its owner: duplicate the fd (glommio's stream closes its own),
+    // then send it with the CONNECT and whatever followed it.
+    // SAFETY: dup of a valid fd we hold; the result is a new fd we own.
+    let duplicate = unsafe { libc::dup(stream.as_raw_fd()) };
+    if duplicate < 0 {
+        tracing::warn!(shard = %shard.id, "dup failed; dropping connection");
+        return;
+    }
+    // SAFETY: `duplicate` is a fresh, valid fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(duplicate) };
+    drop(stream);
+    if let Some(sender) = &shard.senders[owner.index()] {
+        let _ = sender
+            .send(Envelope::HandOff(HandOff {
+                fd,
+                connect,
+                rest: buf,
+            }))
+            .await;
+    }
+}
+
+enum FirstPacketError {
+    Decode(DecodeError),
+    Io,
+}
+
+async fn read_first_packet(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Packet, FirstPacketError> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(packet)) => return Ok(packet),
+            Ok(None) => {}
+            Err(error) => return Err(FirstPacketError::Decode(error)),
+        }
+        if read_some(stream, buf).await? == 0 {
+            return Err(FirstPacketError::Io);
+        }
+    }
+}
+
+/// Reads what is available into the spare capacity of `buf`; 0 at end of file.
+async fn read_some<R: futures_lite::AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> Result<usize, FirstPacketError> {
+    const READ_CHUNK_BYTES: usize = 16 * 1024;
+    let len = buf.len();
+    buf.resize(len + READ_CHUNK_BYTES, 0);
+    match stream.read(&mut buf[len..]).await {
+        Ok(n) => {
+            buf.truncate(len + n);
+            Ok(n)
+        }
+        Err(_) => {
+            buf.truncate(len);
+            Err(FirstPacketError::Io)
+        }
+    }
+}
+
+/// Serves a connection owned by this shard: CONNECT goes to the core, then a reader
+/// loop here and a writer task beside it.
+async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, mut buf: BytesMut) {
+    if shard.stopping.get() {
+        return;
+    }
+    let conn_id = shard.next_conn_id();
+    let fd = stream.as_raw_fd();
+    let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
+    shard.writers.borrow_mut().insert(conn_id, wake_tx);
+    shard.open_connections.set(shard.open_connections.get() + 1);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+
+    // The writer: everything the core produced since the last wake-up, in one write.
+    let writer_task = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut out = BytesMut::with_capacity(4096);
+            loop {
+                let state = shard.core.borrow_mut().take_output(conn_id, &mut out);
+                if !out.is_empty() {
+                    if writer.write_all(&out).await.is_err() {
+                        // The reader sees the failure too and reports the loss.
+                        out.clear();
+                        break;
+                    }
+                    out.clear();
+                }
+                match state {
+                    OutputState::Open => {
+                        if wake_rx.recv().await.is_none() {
+                            break;
+                        }
+                    }
+                    OutputState::Close | OutputState::Gone => break,
+                }
+            }
+            let _ = writer.flush().await;
+            // SAFETY: `fd` stays open until both halves of the stream are dropped; the
+            // reader half is alive until this shutdown wakes it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            shard.core.borrow_mut().conn_closed(conn_id);
+        })
+    };
+
+    let now = shard.now_ms();
+    shard.core.borrow_mut().connect(conn_id, connect, now);
+    if !buf.is_empty() {
+        let now = shard.now_ms();
+        shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
+    }
+    shard.flush().await;
+
+    loop {
+        match read_some(&mut reader, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let now = shard.now_ms();
+                shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
+                shard.flush().await;
+            }
+        }
+    }
+    let now = shard.now_ms();
+    shard.core.borrow_mut().connection_lost(conn_id, now);
+    shard.flush().await;
+    // Closing the wake channel ends the writer if it is still waiting.
+    shard.writers.borrow_mut().remove(&conn_id);
+    writer_task.await;
+    shard.open_connections.set(shard.open_connections.get() - 1);
+}

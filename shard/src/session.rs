@@ -1,0 +1,123 @@
+//! A session: what the broker keeps for one client id, connected or not.
+//!
+//! Outbound QoS 1/2 state lives here: the inflight window (sent, not yet fully
+//! acknowledged) bounded by `inflight_max`, and the queue behind it (accepted for the
+//! client, not yet sent) bounded by `queued_max`. Inbound QoS 2 packet ids wait here for
+//! their PUBREL so a re-sent PUBLISH is not routed twice. All of it is plain data that a
+//! later write-ahead log can record as it changes.
+
+use crate::message::{ConnId, Message};
+use ahash::{AHashMap, AHashSet};
+use bytestring::ByteString;
+use cutie_codec::{LastWill, PacketId, QoS, TopicFilter};
+use std::collections::VecDeque;
+
+/// Index of a session in its shard's session table.
+pub type SessionKey = usize;
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+/// One outbound delivery in the inflight window.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// The packet id it was sent with.
+    pub packet_id: PacketId,
+    /// The message (its `qos` is already the delivery QoS).
+    pub message: Message,
+    /// What it waits for.
+    pub state: OutboundState,
+}
+
+/// A message waiting for room in the inflight window (or for the client to come back).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The message (its `qos` is already the delivery QoS).
+    pub message: Message,
+}
+
+/// Why a delivery was dropped instead of sent or queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's queue was at `max_queued_messages`.
+    QueueFull,
+    /// A QoS 0 message to a connection whose outbound buffer was over its limit.
+    OutboundBufferFull,
+    /// A QoS 0 message to an offline session (QoS 0 is not queued for offline clients).
+    Offline,
+}
+
+/// One client id's session.
+#[derive(Debug)]
+pub struct Session {
+    /// The client identifier.
+    pub client_id: ByteString,
+    /// Whether the session ends with its connection.
+    pub clean_session: bool,
+    /// The connection attached now, if the client is online.
+    pub conn: Option<ConnId>,
+    /// Subscriptions: filter -> granted QoS. Mirrors the shard trie's entries for this session.
+    pub subscriptions: AHashMap<TopicFilter, QoS>,
+    /// The will of the attached connection.
+    pub will: Option<LastWill>,
+    /// Outbound deliveries sent and not yet fully acknowledged, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Outbound deliveries waiting for the window (or for the client), oldest first.
+    pub queue: VecDeque<Queued>,
+    /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL.
+    pub inbound_qos2: AHashSet<PacketId>,
+    /// The next packet id to try for an outbound delivery.
+    next_packet_id: PacketId,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: ByteString, clean_session: bool) -> Session {
+        Session {
+            client_id,
+            clean_session,
+            conn: None,
+            subscriptions: AHashMap::new(),
+            will: None,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: AHashSet::new(),
+            next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0")),
+        }
+    }
+
+    /// A packet id not used by any inflight delivery. The window is at most 65,535
+    /// entries (its bound is a u16), so a free id always exists.
+    pub fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = id.next();
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// The inflight entry with `packet_id`, if any.
+    pub fn inflight_position(&self, packet_id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == packet_id)
+    }
+
+    /// Whether the window has room under `inflight_max`.
+    pub fn window_has_room(&self, inflight_max: u16) -> bool {
+        self.inflight.len() < usize::from(inflight_max)
+    }
+
+    /// Highest granted QoS among this session's subscriptions (for tests and stats).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+}
