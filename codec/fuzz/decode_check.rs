@@ -25,7 +25,11 @@ pub fn check(data: &[u8]) -> Vec<Packet> {
                 assert_eq!(encoded.len(), packet.encoded_len(), "{packet:?}");
                 // Re-encoding is minimal, so it is never larger than what was decoded.
                 let again = decoder.decode(&mut encoded);
-                assert_eq!(again, Ok(Some(packet.clone())), "re-decoding {encoded:02x?}");
+                assert_eq!(
+                    again,
+                    Ok(Some(packet.clone())),
+                    "re-decoding {encoded:02x?}"
+                );
                 assert!(encoded.is_empty(), "re-decoding left bytes");
                 decoded.push(packet);
             }

@@ -407,3 +407,137 @@ fn topic_name(body: &mut Bytes) -> Result<TopicName, DecodeError> {
 fn topic_filter(body: &mut Bytes) -> Result<TopicFilter, DecodeError> {
     Ok(TopicFilter::new(utf8(body)?)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(bytes: &[u8]) -> BytesMut {
+        BytesMut::from(bytes)
+    }
+
+    #[test]
+    fn empty_buffer_needs_more_bytes() {
+        assert_eq!(Decoder::new(16).decode(&mut BytesMut::new()), Ok(None));
+    }
+
+    #[test]
+    fn incomplete_packet_needs_more_bytes_and_consumes_nothing() {
+        let packet = b"\x40\x02\x00\x01";
+        for end in 0..packet.len() {
+            let mut partial = buf(&packet[..end]);
+            assert_eq!(
+                Decoder::new(16).decode(&mut partial),
+                Ok(None),
+                "prefix {end}"
+            );
+            assert_eq!(&partial[..], &packet[..end]);
+        }
+    }
+
+    #[test]
+    fn back_to_back_packets_decode_one_per_call() {
+        let mut stream = buf(b"\xc0\x00\x40\x02\x00\x01\xe0\x00\xd0");
+        let mut decoder = Decoder::new(16);
+        assert_eq!(decoder.decode(&mut stream), Ok(Some(Packet::PingReq)));
+        let packet_id = PacketId::new(1).expect("1 is not 0");
+        assert_eq!(
+            decoder.decode(&mut stream),
+            Ok(Some(Packet::PubAck(packet_id)))
+        );
+        assert_eq!(decoder.decode(&mut stream), Ok(Some(Packet::Disconnect)));
+        assert_eq!(decoder.decode(&mut stream), Ok(None));
+        assert_eq!(&stream[..], b"\xd0");
+    }
+
+    #[test]
+    fn header_errors_are_found_from_the_first_byte_alone() {
+        let mut decoder = Decoder::new(16);
+        assert_eq!(
+            decoder.decode(&mut buf(b"\xf0")),
+            Err(DecodeError::ReservedPacketType(15))
+        );
+        assert_eq!(
+            decoder.decode(&mut buf(b"\x36")),
+            Err(DecodeError::InvalidQoS)
+        );
+        assert_eq!(
+            decoder.decode(&mut buf(b"\x38")),
+            Err(DecodeError::DupWithQoS0)
+        );
+        assert_eq!(
+            decoder.decode(&mut buf(b"\x63")),
+            Err(DecodeError::InvalidHeaderFlags {
+                packet_type: 6,
+                flags: 3
+            })
+        );
+    }
+
+    #[test]
+    fn header_errors_leave_the_buffer_untouched() {
+        let mut bytes = buf(b"\x30\xff\xff\x7f");
+        assert!(matches!(
+            Decoder::new(16).decode(&mut bytes),
+            Err(DecodeError::PacketTooLarge { .. })
+        ));
+        assert_eq!(&bytes[..], b"\x30\xff\xff\x7f");
+    }
+
+    #[test]
+    fn remaining_length_table() {
+        type Decoded = Result<Option<(usize, usize)>, DecodeError>;
+        let table: [(&[u8], Decoded); 11] = [
+            (b"", Ok(None)),
+            (b"\x00", Ok(Some((0, 1)))),
+            (b"\x7f", Ok(Some((127, 1)))),
+            (b"\x80", Ok(None)),
+            (b"\x80\x01", Ok(Some((128, 2)))),
+            (b"\xff\x7f", Ok(Some((16_383, 2)))),
+            (b"\x80\x80\x01", Ok(Some((16_384, 3)))),
+            (b"\xff\xff\xff", Ok(None)),
+            (b"\xff\xff\xff\x7f\x00", Ok(Some((REMAINING_LENGTH_MAX, 4)))),
+            (
+                b"\xff\xff\xff\xff",
+                Err(DecodeError::MalformedRemainingLength),
+            ),
+            (
+                b"\x80\x80\x80\x80\x00",
+                Err(DecodeError::MalformedRemainingLength),
+            ),
+        ];
+        for (bytes, expected) in table {
+            assert_eq!(decode_remaining_length(bytes), expected, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn largest_remaining_length_is_checked_against_the_maximum() {
+        let mut bytes = buf(b"\x30\xff\xff\xff\x7f");
+        assert_eq!(
+            Decoder::new(usize::MAX).decode(&mut bytes),
+            Ok(None),
+            "a 256 MiB packet is allowed by an unlimited decoder and waits for its body"
+        );
+        assert_eq!(
+            Decoder::default().decode(&mut bytes),
+            Err(DecodeError::PacketTooLarge {
+                size: 5 + REMAINING_LENGTH_MAX,
+                max: PACKET_SIZE_MAX_DEFAULT
+            })
+        );
+    }
+
+    #[test]
+    fn publish_payload_is_a_slice_of_the_input() {
+        let mut bytes = buf(b"\x30\x0a\x00\x03a/bhello\xc0");
+        let input = bytes.as_ptr_range();
+        let Ok(Some(Packet::Publish(publish))) = Decoder::new(64).decode(&mut bytes) else {
+            panic!("expected a PUBLISH");
+        };
+        assert_eq!(&publish.payload[..], b"hello");
+        assert!(input.contains(&publish.payload.as_ptr()));
+        assert!(input.contains(&publish.topic.as_ptr()));
+        assert_eq!(&bytes[..], b"\xc0", "only the PUBLISH was removed");
+    }
+}

@@ -146,7 +146,11 @@ impl Packet {
             Packet::Connect(connect) => connect_len(connect),
             Packet::ConnAck(_) => 2,
             Packet::Publish(publish) => {
-                let packet_id_len = if publish.qos.packet_id().is_some() { 2 } else { 0 };
+                let packet_id_len = if publish.qos.packet_id().is_some() {
+                    2
+                } else {
+                    0
+                };
                 field_len(publish.topic.as_bytes()) + packet_id_len + publish.payload.len()
             }
             Packet::PubAck(_)
@@ -225,5 +229,70 @@ fn encode_connect(connect: &Connect, buf: &mut BytesMut) {
     }
     if let Some(password) = &connect.password {
         put_field(buf, password);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn remaining_length_encoding_table() {
+        let table: [(usize, &[u8]); 8] = [
+            (0, b"\x00"),
+            (127, b"\x7f"),
+            (128, b"\x80\x01"),
+            (16_383, b"\xff\x7f"),
+            (16_384, b"\x80\x80\x01"),
+            (2_097_151, b"\xff\xff\x7f"),
+            (2_097_152, b"\x80\x80\x80\x01"),
+            (REMAINING_LENGTH_MAX, b"\xff\xff\xff\x7f"),
+        ];
+        for (value, expected) in table {
+            let mut buf = BytesMut::new();
+            put_remaining_length(&mut buf, value);
+            assert_eq!(&buf[..], expected, "{value}");
+            assert_eq!(remaining_length_len(value), expected.len(), "{value}");
+        }
+    }
+
+    #[test]
+    fn encode_appends_after_existing_bytes() {
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        Packet::PingResp.encode(&mut buf);
+        assert_eq!(&buf[..], b"xy\xd0\x00");
+    }
+
+    #[test]
+    fn publish_with_4_kib_payload_has_exact_encoded_len() {
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: PublishQos::AtLeastOnce(PacketId::new(1).expect("1 is not 0")),
+            retain: false,
+            topic: crate::TopicName::try_from("a/b").expect("valid topic"),
+            payload: Bytes::from(vec![0; 4096]),
+        });
+        // 1 + 2 (remaining length 4103) + 5 (topic) + 2 (packet id) + 4096.
+        assert_eq!(packet.encoded_len(), 4106);
+        let mut buf = BytesMut::new();
+        packet.encode(&mut buf);
+        assert_eq!(buf.len(), 4106);
+        assert_eq!(&buf[..3], b"\x32\x87\x20");
+    }
+
+    #[test]
+    fn first_bytes_carry_the_required_flags() {
+        let packet_id = PacketId::new(1).expect("1 is not 0");
+        let table = [
+            (Packet::PubRel(packet_id), 0x62),
+            (Packet::PubAck(packet_id), 0x40),
+            (Packet::UnsubAck(packet_id), 0xb0),
+            (Packet::PingReq, 0xc0),
+            (Packet::Disconnect, 0xe0),
+        ];
+        for (packet, first) in table {
+            assert_eq!(packet.first_byte(), first, "{packet:?}");
+        }
     }
 }

@@ -25,7 +25,9 @@ pub enum DecodeError {
     #[error("reserved packet type {0} [MQTT-2.2.1]")]
     ReservedPacketType(u8),
     /// The fixed header's flag bits are not the ones the type requires [MQTT-2.2.2-1] [MQTT-2.2.2-2].
-    #[error("invalid fixed header flags {flags:#06b} for packet type {packet_type} [MQTT-2.2.2-2]")]
+    #[error(
+        "invalid fixed header flags {flags:#06b} for packet type {packet_type} [MQTT-2.2.2-2]"
+    )]
     InvalidHeaderFlags {
         /// The packet type (high nibble).
         packet_type: u8,

@@ -241,7 +241,11 @@ mod tests {
                 assert!(TopicName::try_from(topic).is_err());
                 continue;
             }
-            assert_eq!(matches(&f(filter), &t(topic)), expected, "{filter} vs {topic}");
+            assert_eq!(
+                matches(&f(filter), &t(topic)),
+                expected,
+                "{filter} vs {topic}"
+            );
         }
     }
 
@@ -261,14 +265,24 @@ mod tests {
             ("a\0b", Err(NullCharacter)),
         ];
         for (filter, expected) in table {
-            assert_eq!(TopicFilter::try_from(filter).map(|_| ()), expected, "{filter:?}");
+            assert_eq!(
+                TopicFilter::try_from(filter).map(|_| ()),
+                expected,
+                "{filter:?}"
+            );
         }
     }
 
     #[test]
     fn topic_name_rejects_wildcards_and_empty() {
-        assert_eq!(TopicName::try_from("a/+").err(), Some(TopicError::WildcardInTopicName));
-        assert_eq!(TopicName::try_from("#").err(), Some(TopicError::WildcardInTopicName));
+        assert_eq!(
+            TopicName::try_from("a/+").err(),
+            Some(TopicError::WildcardInTopicName)
+        );
+        assert_eq!(
+            TopicName::try_from("#").err(),
+            Some(TopicError::WildcardInTopicName)
+        );
         assert_eq!(TopicName::try_from("").err(), Some(TopicError::Empty));
         assert!(TopicName::try_from("/").is_ok());
     }

@@ -189,6 +189,9 @@ fn publish_payload_and_topic_share_the_input_buffer() {
     let Ok(Some(Packet::Publish(publish))) = Decoder::new(8192).decode(&mut buf) else {
         panic!("expected a PUBLISH");
     };
-    assert!(input.contains(&publish.payload.as_ptr()), "payload was copied");
+    assert!(
+        input.contains(&publish.payload.as_ptr()),
+        "payload was copied"
+    );
     assert!(input.contains(&publish.topic.as_ptr()), "topic was copied");
 }

@@ -89,7 +89,10 @@ fn matcher_agrees_with_the_reference_on_all_short_filters_and_topics() {
     }
     // The alphabet is small on purpose: a good share of pairs must match.
     let pairs = filters.len() * topics.len();
-    assert!(match_count * 20 > pairs, "only {match_count} of {pairs} pairs match");
+    assert!(
+        match_count * 20 > pairs,
+        "only {match_count} of {pairs} pairs match"
+    );
 }
 
 #[test]
@@ -110,9 +113,18 @@ fn wildcard_first_filters_never_match_dollar_topics() {
 #[test]
 fn hash_matches_the_parent_level() {
     let filter = TopicFilter::try_from("a/#").expect("valid filter");
-    assert!(matches(&filter, &TopicName::try_from("a").expect("valid topic")));
-    assert!(matches(&filter, &TopicName::try_from("a/").expect("valid topic")));
-    assert!(!matches(&filter, &TopicName::try_from("b").expect("valid topic")));
+    assert!(matches(
+        &filter,
+        &TopicName::try_from("a").expect("valid topic")
+    ));
+    assert!(matches(
+        &filter,
+        &TopicName::try_from("a/").expect("valid topic")
+    ));
+    assert!(!matches(
+        &filter,
+        &TopicName::try_from("b").expect("valid topic")
+    ));
 }
 
 fn level() -> impl Strategy<Value = String> {

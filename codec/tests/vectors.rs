@@ -28,7 +28,11 @@ fn assert_vector(bytes: &[u8], packet: Packet) {
     let mut encoded = BytesMut::new();
     packet.encode(&mut encoded);
     assert_eq!(&encoded[..], bytes, "encoding {packet:?}");
-    assert_eq!(packet.encoded_len(), bytes.len(), "encoded_len of {packet:?}");
+    assert_eq!(
+        packet.encoded_len(),
+        bytes.len(),
+        "encoded_len of {packet:?}"
+    );
 }
 
 #[test]

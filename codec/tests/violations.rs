@@ -20,7 +20,10 @@ fn connect(name: &[u8], level: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     body.extend_from_slice(&[level, flags, 0x00, 0x3c]);
     body.extend_from_slice(payload);
     let mut packet = vec![0x10, u8::try_from(body.len()).expect("short test body")];
-    assert!(body.len() < 128, "test CONNECT needs a one-byte remaining length");
+    assert!(
+        body.len() < 128,
+        "test CONNECT needs a one-byte remaining length"
+    );
     packet.extend_from_slice(&body);
     packet
 }
@@ -166,7 +169,10 @@ fn every_type_but_publish_requires_its_exact_header_flags() {
 
 #[test]
 fn publish_with_qos_3_is_rejected() {
-    assert_eq!(rejected(b"\x36\x05\x00\x01t\x00\x01"), DecodeError::InvalidQoS);
+    assert_eq!(
+        rejected(b"\x36\x05\x00\x01t\x00\x01"),
+        DecodeError::InvalidQoS
+    );
 }
 
 #[test]
@@ -208,28 +214,43 @@ fn publish_with_null_character_in_topic_is_rejected() {
 
 #[test]
 fn publish_with_malformed_utf8_topic_is_rejected() {
-    assert_eq!(rejected(b"\x30\x05\x00\x03a\xffb"), DecodeError::InvalidUtf8);
+    assert_eq!(
+        rejected(b"\x30\x05\x00\x03a\xffb"),
+        DecodeError::InvalidUtf8
+    );
 }
 
 #[test]
 fn publish_with_utf16_surrogate_in_topic_is_rejected() {
     // U+D800 encoded as UTF-8 (ED A0 80) is not well-formed [MQTT-1.5.3-1].
-    assert_eq!(rejected(b"\x30\x05\x00\x03\xed\xa0\x80"), DecodeError::InvalidUtf8);
+    assert_eq!(
+        rejected(b"\x30\x05\x00\x03\xed\xa0\x80"),
+        DecodeError::InvalidUtf8
+    );
 }
 
 #[test]
 fn publish_qos_1_with_packet_id_0_is_rejected() {
-    assert_eq!(rejected(b"\x32\x05\x00\x01t\x00\x00"), DecodeError::ZeroPacketId);
+    assert_eq!(
+        rejected(b"\x32\x05\x00\x01t\x00\x00"),
+        DecodeError::ZeroPacketId
+    );
 }
 
 #[test]
 fn publish_qos_2_with_packet_id_0_is_rejected() {
-    assert_eq!(rejected(b"\x34\x05\x00\x01t\x00\x00"), DecodeError::ZeroPacketId);
+    assert_eq!(
+        rejected(b"\x34\x05\x00\x01t\x00\x00"),
+        DecodeError::ZeroPacketId
+    );
 }
 
 #[test]
 fn publish_qos_1_without_room_for_its_packet_id_is_rejected() {
-    assert_eq!(rejected(b"\x32\x04\x00\x01t\x00"), DecodeError::MalformedLength);
+    assert_eq!(
+        rejected(b"\x32\x04\x00\x01t\x00"),
+        DecodeError::MalformedLength
+    );
 }
 
 #[test]
@@ -261,7 +282,10 @@ fn pubcomp_with_packet_id_0_is_rejected() {
 
 #[test]
 fn subscribe_with_packet_id_0_is_rejected() {
-    assert_eq!(rejected(b"\x82\x06\x00\x00\x00\x01a\x00"), DecodeError::ZeroPacketId);
+    assert_eq!(
+        rejected(b"\x82\x06\x00\x00\x00\x01a\x00"),
+        DecodeError::ZeroPacketId
+    );
 }
 
 #[test]
@@ -271,7 +295,10 @@ fn suback_with_packet_id_0_is_rejected() {
 
 #[test]
 fn unsubscribe_with_packet_id_0_is_rejected() {
-    assert_eq!(rejected(b"\xa2\x05\x00\x00\x00\x01a"), DecodeError::ZeroPacketId);
+    assert_eq!(
+        rejected(b"\xa2\x05\x00\x00\x00\x01a"),
+        DecodeError::ZeroPacketId
+    );
 }
 
 #[test]
@@ -288,7 +315,10 @@ fn puback_shorter_than_a_packet_id_is_rejected() {
 
 #[test]
 fn puback_with_trailing_bytes_is_rejected() {
-    assert_eq!(rejected(b"\x40\x03\x00\x01\x00"), DecodeError::MalformedLength);
+    assert_eq!(
+        rejected(b"\x40\x03\x00\x01\x00"),
+        DecodeError::MalformedLength
+    );
 }
 
 #[test]
@@ -303,7 +333,10 @@ fn disconnect_with_a_body_is_rejected() {
 
 #[test]
 fn connack_with_trailing_bytes_is_rejected() {
-    assert_eq!(rejected(b"\x20\x03\x00\x00\x00"), DecodeError::MalformedLength);
+    assert_eq!(
+        rejected(b"\x20\x03\x00\x00\x00"),
+        DecodeError::MalformedLength
+    );
 }
 
 #[test]
@@ -337,7 +370,10 @@ fn connect_with_user_name_flag_but_no_user_name_is_rejected() {
 
 #[test]
 fn subscribe_filter_without_requested_qos_is_rejected() {
-    assert_eq!(rejected(b"\x82\x05\x00\x01\x00\x01a"), DecodeError::MalformedLength);
+    assert_eq!(
+        rejected(b"\x82\x05\x00\x01\x00\x01a"),
+        DecodeError::MalformedLength
+    );
 }
 
 #[test]
@@ -349,12 +385,18 @@ fn suback_without_return_codes_is_rejected() {
 
 #[test]
 fn subscribe_without_filters_is_rejected() {
-    assert_eq!(rejected(b"\x82\x02\x00\x01"), DecodeError::SubscribeWithoutFilters);
+    assert_eq!(
+        rejected(b"\x82\x02\x00\x01"),
+        DecodeError::SubscribeWithoutFilters
+    );
 }
 
 #[test]
 fn unsubscribe_without_filters_is_rejected() {
-    assert_eq!(rejected(b"\xa2\x02\x00\x01"), DecodeError::UnsubscribeWithoutFilters);
+    assert_eq!(
+        rejected(b"\xa2\x02\x00\x01"),
+        DecodeError::UnsubscribeWithoutFilters
+    );
 }
 
 #[test]
@@ -371,7 +413,10 @@ fn subscribe_with_reserved_bits_in_requested_qos_is_rejected() {
 
 #[test]
 fn subscribe_with_requested_qos_3_is_rejected() {
-    assert_eq!(rejected(b"\x82\x06\x00\x01\x00\x01a\x03"), DecodeError::InvalidQoS);
+    assert_eq!(
+        rejected(b"\x82\x06\x00\x01\x00\x01a\x03"),
+        DecodeError::InvalidQoS
+    );
 }
 
 #[test]
@@ -408,7 +453,10 @@ fn subscribe_with_null_character_in_filter_is_rejected() {
 
 #[test]
 fn subscribe_with_malformed_utf8_filter_is_rejected() {
-    assert_eq!(rejected(b"\x82\x06\x00\x01\x00\x01\xc3\x00"), DecodeError::InvalidUtf8);
+    assert_eq!(
+        rejected(b"\x82\x06\x00\x01\x00\x01\xc3\x00"),
+        DecodeError::InvalidUtf8
+    );
 }
 
 #[test]

@@ -458,6 +458,7 @@ async fn run_shard(
 /// it to the shard that owns its client id.
 async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    tracing::trace!(shard = %shard.id, peer = ?stream.peer_addr().ok(), "accepted");
     let mut buf = BytesMut::with_capacity(1024);
     let mut decoder = Decoder::new(shard.config.limits.packet_size_max);
     let timeout = shard.config.connect_timeout;
@@ -499,6 +500,7 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         Some(Err(FirstPacketError::Io)) => return,
     };
 
+    tracing::trace!(shard = %shard.id, client_id = %connect.client_id, "CONNECT read");
     let owner = if connect.client_id.is_empty() {
         shard.id
     } else {
@@ -565,7 +567,8 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
             buf.truncate(len + n);
             Ok(n)
         }
-        Err(_) => {
+        Err(error) => {
+            tracing::debug!(%error, "read failed");
             buf.truncate(len);
             Err(FirstPacketError::Io)
         }
@@ -584,6 +587,13 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
     shard.writers.borrow_mut().insert(conn_id, wake_tx);
     shard.open_connections.set(shard.open_connections.get() + 1);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
+    // The core must know the connection before the writer first asks it for output
+    // (a spawned task may run at once).
+    let now = shard.now_ms();
+    shard.core.borrow_mut().connect(conn_id, connect, now);
+    if !buf.is_empty() {
+        shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
+    }
 
     // The writer: everything the core produced since the last wake-up, in one write.
     let writer_task = {
@@ -592,6 +602,7 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
             let mut out = BytesMut::with_capacity(4096);
             loop {
                 let state = shard.core.borrow_mut().take_output(conn_id, &mut out);
+                tracing::trace!(conn = conn_id.0, ?state, bytes = out.len(), "write");
                 if !out.is_empty() {
                     if writer.write_all(&out).await.is_err() {
                         // The reader sees the failure too and reports the loss.
@@ -617,16 +628,12 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
         })
     };
 
-    let now = shard.now_ms();
-    shard.core.borrow_mut().connect(conn_id, connect, now);
-    if !buf.is_empty() {
-        let now = shard.now_ms();
-        shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
-    }
     shard.flush().await;
 
     loop {
-        match read_some(&mut reader, &mut buf).await {
+        let read = read_some(&mut reader, &mut buf).await;
+        tracing::trace!(conn = conn_id.0, ok = ?read.as_ref().ok(), "read");
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let now = shard.now_ms();

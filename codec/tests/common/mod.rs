@@ -135,7 +135,8 @@ pub fn publish(payload_len_max: usize) -> impl Strategy<Value = Publish> {
 
 pub fn subscribe() -> impl Strategy<Value = Subscribe> {
     let filter = (topic_filter(), qos()).prop_map(|(filter, qos)| SubscribeFilter { filter, qos });
-    (packet_id(), vec(filter, 1..5)).prop_map(|(packet_id, filters)| Subscribe { packet_id, filters })
+    (packet_id(), vec(filter, 1..5))
+        .prop_map(|(packet_id, filters)| Subscribe { packet_id, filters })
 }
 
 pub fn subscribe_return_code() -> impl Strategy<Value = SubscribeReturnCode> {
@@ -146,11 +147,9 @@ pub fn subscribe_return_code() -> impl Strategy<Value = SubscribeReturnCode> {
 }
 
 pub fn suback() -> impl Strategy<Value = SubAck> {
-    (packet_id(), vec(subscribe_return_code(), 1..6)).prop_map(|(packet_id, return_codes)| {
-        SubAck {
-            packet_id,
-            return_codes,
-        }
+    (packet_id(), vec(subscribe_return_code(), 1..6)).prop_map(|(packet_id, return_codes)| SubAck {
+        packet_id,
+        return_codes,
     })
 }
 
