@@ -13,7 +13,7 @@
 //! - [`encode`]: packets to bytes, with exact length computation.
 //! - [`error`]: one typed error per protocol violation, each naming its spec statement.
 //! - [`topic`]: validated [`TopicName`] and [`TopicFilter`] newtypes and the one
-//!   [`matches`] function the broker routes with.
+//!   [`matches()`] function the broker routes with.
 
 pub mod decode;
 pub mod encode;

@@ -138,7 +138,7 @@ impl TopicFilter {
         self.0.bytes().any(|b| b == b'+' || b == b'#')
     }
 
-    /// Whether this filter matches `topic`. See [`matches`].
+    /// Whether this filter matches `topic`. See [`matches()`].
     pub fn matches(&self, topic: &TopicName) -> bool {
         matches(self, topic)
     }
