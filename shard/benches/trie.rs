@@ -2,7 +2,9 @@
 //!
 //! A trie of 100k subscriptions shaped like a sensor fleet: 90k exact filters
 //! (`sensors/<building>/<floor>/<id>/temp`), 9k with one `+` level and 1k ending in `#`.
-//! Each iteration matches one existing topic, picked at random in advance.
+//! `for_each_match` and `has_match` match one existing topic per iteration, picked at
+//! random in advance; `insert_remove` adds a second key to an existing one-key filter
+//! and removes it again (a SUBSCRIBE and UNSUBSCRIBE pair). Measured, never asserted.
 //!
 //! Run: `cargo bench -p cutie-shard --bench trie -- --warm-up-time 1 --measurement-time 3`
 

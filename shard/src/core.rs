@@ -197,13 +197,23 @@ impl ShardCore {
     /// Whether the shard `shard` has announced interest in a filter matching `topic`.
     pub fn peer_interested(&self, shard: ShardId, topic: &TopicName) -> bool {
         let mut found = false;
-        self.interest.for_each_match(topic, |s, _| found |= s == shard);
+        self.interest
+            .for_each_match(topic, |s, _| found |= s == shard);
         found
+    }
+
+    /// Whether `conn_id` is attached and not closing: false once the core has decided to
+    /// close it (takeover, keep-alive, protocol error, DISCONNECT, refused CONNECT), even
+    /// before its writer has taken the final output (for tests and the admin API).
+    pub fn connection_open(&self, conn_id: ConnId) -> bool {
+        self.conns.get(&conn_id).is_some_and(|c| !c.closing)
     }
 
     /// The session of `client_id`, if this shard holds one (for tests and the admin API).
     pub fn session(&self, client_id: &str) -> Option<&Session> {
-        self.session_index.get(client_id).and_then(|k| self.sessions.get(*k))
+        self.session_index
+            .get(client_id)
+            .and_then(|k| self.sessions.get(*k))
     }
 
     // ----- connections --------------------------------------------------------------
@@ -419,7 +429,7 @@ impl ShardCore {
             MeshMessage::Ack(token) => {
                 let done = match self.barriers.get_mut(&token) {
                     Some((remaining, conn_id)) => {
-                        *remaining -= 1;
+                        *remaining = remaining.saturating_sub(1);
                         (*remaining == 0).then_some(*conn_id)
                     }
                     None => None,
@@ -456,9 +466,7 @@ impl ShardCore {
                 self.complete_outbound(key, packet_id, OutboundState::AwaitingPubComp)
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(conn_id, key, subscribe),
-            Packet::Unsubscribe(unsubscribe) => {
-                self.handle_unsubscribe(conn_id, key, unsubscribe)
-            }
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn_id, key, unsubscribe),
             Packet::PingReq => self.send_packet(conn_id, &Packet::PingResp),
             Packet::Disconnect => {
                 // A clean disconnect discards the will [MQTT-3.14.4-3].
@@ -471,11 +479,11 @@ impl ShardCore {
                 self.stats.protocol_errors_total += 1;
                 self.close_conn(conn_id, true, now_ms);
             }
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => {
-                tracing::debug!(conn = conn_id.0, "server-to-client packet from a client, closing");
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                tracing::debug!(
+                    conn = conn_id.0,
+                    "server-to-client packet from a client, closing"
+                );
                 self.stats.protocol_errors_total += 1;
                 self.close_conn(conn_id, true, now_ms);
             }
@@ -537,21 +545,30 @@ impl ShardCore {
 
     fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, subscribe: Subscribe) {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut barrier = None;
+        let mut announce = Vec::new();
         for SubscribeFilter { filter, qos } in &subscribe.filters {
             // Every valid filter is granted at the QoS asked for; ACLs plug in here (0x80).
             let granted = *qos;
             let previous = self.subscriptions.insert(filter, key, granted);
-            self.sessions[key].subscriptions.insert(filter.clone(), granted);
+            self.sessions[key]
+                .subscriptions
+                .insert(filter.clone(), granted);
             if previous.is_none() && self.add_local_filter(filter) {
-                let token = *barrier.get_or_insert_with(|| self.new_barrier(conn_id));
-                self.broadcast(|| MeshMessage::Interest {
-                    filter: filter.clone(),
-                    add: true,
-                    ack: Some(token),
-                });
+                announce.push(filter.clone());
             }
             codes.push(SubscribeReturnCode::Success(granted));
+        }
+        // One barrier for the whole SUBSCRIBE: the mesh is FIFO per pair, so a peer that
+        // acknowledges the last announcement has applied all of them.
+        let barrier = (!announce.is_empty()).then(|| self.new_barrier(conn_id));
+        let last = announce.len().saturating_sub(1);
+        for (i, filter) in announce.into_iter().enumerate() {
+            let ack = if i == last { barrier } else { None };
+            self.broadcast(|| MeshMessage::Interest {
+                filter: filter.clone(),
+                add: true,
+                ack,
+            });
         }
         let packet = Packet::SubAck(cutie_codec::SubAck {
             packet_id: subscribe.packet_id,
@@ -588,9 +605,12 @@ impl ShardCore {
                 OutboundState::AwaitingPubComp => {
                     Packet::PubRel(inflight.packet_id).encode(&mut conn.out)
                 }
-                _ => {
-                    encode_publish(&mut conn.out, &inflight.message, Some(inflight.packet_id), true)
-                }
+                _ => encode_publish(
+                    &mut conn.out,
+                    &inflight.message,
+                    Some(inflight.packet_id),
+                    true,
+                ),
             }
         }
         self.pump(key);
@@ -747,7 +767,8 @@ impl ShardCore {
 
     fn interest_set(&self, topic: &TopicName) -> ShardSet {
         let mut shards = ShardSet::default();
-        self.interest.for_each_match(topic, |shard, _| shards.insert(shard));
+        self.interest
+            .for_each_match(topic, |shard, _| shards.insert(shard));
         shards
     }
 

@@ -100,10 +100,12 @@ impl ShardSet {
     /// The shards in the set, in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = ShardId> + '_ {
         self.0.iter().enumerate().flat_map(|(w, bits)| {
-            (0..64).filter(move |b| bits & (1u64 << b) != 0).map(move |b| {
-                // invariant: w < SHARDS_MAX / 64 and b < 64, so the index fits u16.
-                ShardId((w * 64 + b) as u16)
-            })
+            (0..64)
+                .filter(move |b| bits & (1u64 << b) != 0)
+                .map(move |b| {
+                    // invariant: w < SHARDS_MAX / 64 and b < 64, so the index fits u16.
+                    ShardId((w * 64 + b) as u16)
+                })
         })
     }
 }

@@ -19,7 +19,9 @@ use bytes::BytesMut;
 use cutie_codec::{ConnAck, Connect, DecodeError, Decoder, Packet};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
@@ -228,7 +230,15 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
             .io_memory(config.io_memory_bytes)
             .ring_depth(config.ring_depth)
             .spawn(move || async move {
-                run_shard(shard, config, listener, my_senders, my_receivers, control_rx).await
+                run_shard(
+                    shard,
+                    config,
+                    listener,
+                    my_senders,
+                    my_receivers,
+                    control_rx,
+                )
+                .await
             })
             .map_err(|e| StartError::Executor {
                 shard: i as u16,
@@ -334,21 +344,19 @@ async fn run_shard(
     let n = usize::from(config.shards);
     let mut senders: Vec<Option<SharedSender<Envelope>>> = senders;
     let mut receivers: Vec<Option<SharedReceiver<Envelope>>> = receivers;
-    let mut connected_senders: Vec<Option<ConnectedSender<Envelope>>> = (0..n).map(|_| None).collect();
+    let mut connected_senders: Vec<Option<ConnectedSender<Envelope>>> =
+        (0..n).map(|_| None).collect();
     let mut connected_receivers: Vec<(ShardId, ConnectedReceiver<Envelope>)> = Vec::new();
-    for from in 0..n {
-        for to in 0..n {
-            if from == to {
-                continue;
+    let me = id.index();
+    for (from, to) in (0..n).flat_map(|from| (0..n).map(move |to| (from, to))) {
+        if from == me && to != me {
+            if let Some(tx) = senders[to].take() {
+                connected_senders[to] = Some(tx.connect().await);
             }
-            if from == id.index() {
-                if let Some(tx) = senders[to].take() {
-                    connected_senders[to] = Some(tx.connect().await);
-                }
-            } else if to == id.index() {
-                if let Some(rx) = receivers[from].take() {
-                    connected_receivers.push((ShardId(from as u16), rx.connect().await));
-                }
+        } else if to == me && from != me {
+            if let Some(rx) = receivers[from].take() {
+                // invariant: from < n <= SHARDS_MAX, which fits u16.
+                connected_receivers.push((ShardId(from as u16), rx.connect().await));
             }
         }
     }
@@ -404,11 +412,12 @@ async fn run_shard(
                 .max_connections
                 .div_ceil(usize::from(shard.config.shards));
             loop {
-                let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    let _ = stop_rx.recv().await;
-                    None
-                })
-                .await;
+                let accepted =
+                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                        let _ = stop_rx.recv().await;
+                        None
+                    })
+                    .await;
                 let stream = match accepted {
                     None => break,
                     Some(Ok(stream)) => stream,

@@ -7,96 +7,78 @@
 //!
 //! # Shape and cost
 //!
-//! Every filter level is one node. Nodes live in one arena ([`Slab`]) and refer to each
-//! other by `u32` index, so the trie has no recursive ownership: dropping it is flat, and
-//! pruning after a remove walks up parent links instead of recursing. A node has
+//! Every filter level is one node. A node has
 //!
-//! - a dedicated `+` child,
-//! - the entries whose filter ends at this node, and
+//! - its literal children, held inline in a hash map keyed by the level. Levels of up
+//!   to `LEVEL_INLINE_MAX` bytes are stored in the key itself, so a lookup reads the
+//!   table's control bytes and one bucket, which holds both the level and the child;
+//! - a dedicated `+` child;
+//! - the entries whose filter ends at this node; and
 //! - the entries whose filter ends with `#` right below it. `#` is never a node of its
 //!   own: `a/#` matches `a`, `a/b` and `a/b/c`, which are exactly the topics that reach
 //!   the node `a` at all.
 //!
-//! Literal children are not stored per node. Each distinct level string is interned once
-//! as a `u32` level id, and one table maps `(parent, level id)` to the child. Matching a
-//! topic therefore hashes each topic level once, however many branches are live, and
-//! each step down a branch is one probe of an integer-keyed table: no string compare, no
-//! per-node hash map. Both tables hash with a per-trie random seed, because clients
-//! choose the level strings.
+//! Levels are hashed with a per-process random seed (clients choose them, so a fixed
+//! seed would let them pile a node's children into one probe sequence) held in a
+//! zero-sized hasher, which keeps a node at 72 bytes for small `K` and `V`.
 //!
-//! Entries are a `Vec<(K, V)>` scanned linearly, with a hash index added once a filter
-//! has more than [`ENTRIES_SCAN_MAX`] keys (a popular filter with thousands of
-//! subscribers must not make SUBSCRIBE quadratic).
+//! An entry list holds one `(key, value)` pair inline (most filters have one key: a
+//! device subscribing to its own topics) and boxes a `Vec` for more, scanned linearly,
+//! with a hash index once a filter has more than `ENTRIES_SCAN_MAX` keys (a popular
+//! filter with thousands of subscribers must not make SUBSCRIBE quadratic).
 //!
-//! Matching walks the topic level by level, keeping the set of nodes that match the
-//! prefix so far (the literal child and the `+` child of each). It does not recurse and
-//! allocates nothing unless more than [`FRONTIER_INLINE_MAX`] nodes match one prefix.
-//! The set holds distinct nodes of one depth, so it is bounded by the trie's size.
+//! Matching one topic costs one hash lookup per topic level on each live branch (the
+//! literal child and the `+` child), plus the entries visited. It allocates nothing
+//! unless more than `WALK_INLINE_MAX` branches are pending at once.
+//!
+//! Nothing recurses: a filter may have 32,768 levels and a topic 65,536 (65,535 bytes
+//! of `/`), too deep for the call stack. Matching keeps its pending branches on an
+//! explicit stack (never more than the topic has levels), removing walks the path
+//! twice instead of unwinding it, and dropping a node moves its descendants onto a heap
+//! stack first.
 //!
 //! `$`-topics: filters starting with `+` or `#` do not match topic names starting with
 //! `$` [MQTT-4.7.2-1]; the walk skips the root's `+` child and `#` entries for them.
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHasher};
 use cutie_codec::{TopicFilter, TopicName};
-use slab::Slab;
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::ControlFlow;
-
-/// Index of a node in [`Trie::nodes`].
-type NodeId = u32;
-
-/// Index of an interned level string in [`Levels`].
-type LevelId = u32;
-
-/// The root node: the empty prefix. It is never removed and never holds entries of its
-/// own (every filter has at least one level).
-const ROOT: NodeId = 0;
+use std::sync::OnceLock;
 
 /// Above this many keys, a filter's entries get a hash index; below half of it, the
 /// index is dropped again. Linear scans of a few `Copy` keys beat hashing them.
 const ENTRIES_SCAN_MAX: usize = 16;
 
-/// Nodes matching one topic prefix kept on the call stack before spilling to the heap.
-const FRONTIER_INLINE_MAX: usize = 16;
+/// Pending branches of a match walk kept on the call stack before spilling to the heap.
+const WALK_INLINE_MAX: usize = 8;
+
+/// Literal levels up to this many bytes live inside the hash-map key (24 bytes in all,
+/// the size of the boxed form).
+const LEVEL_INLINE_MAX: usize = 22;
 
 /// A topic-filter trie mapping `(filter, key) -> value`.
 ///
 /// `K` is small and `Copy` (a session or shard id); `V` is whatever the table needs.
 pub struct Trie<K, V> {
-    /// All nodes; [`ROOT`] is always present. Every other node is reachable from the
-    /// root and is non-empty (holds entries or children): removals prune the rest.
-    nodes: Slab<Node<K, V>>,
-    /// Literal children of every node, keyed by [`edge`]`(parent, level)`.
-    edges: AHashMap<u64, NodeId>,
-    /// The level strings that label at least one edge.
-    levels: Levels,
+    /// The empty prefix. It never holds exact entries (every filter has a level). Every
+    /// other node is non-empty (holds entries or children): removals prune the rest.
+    root: Node<K, V>,
     /// Number of `(filter, key)` entries.
     entry_count: usize,
     /// Number of filters with at least one key.
     filter_count: usize,
 }
 
-/// The key of the literal edge from `parent` under `level` in [`Trie::edges`].
-fn edge(parent: NodeId, level: LevelId) -> u64 {
-    (u64::from(parent) << 32) | u64::from(level)
-}
-
-/// Narrows an arena index to the `u32` ids the tables store.
-fn id32(index: usize) -> u32 {
-    // invariant: 2^32 nodes or level strings would take hundreds of GiB; a shard that
-    // gets there has broken its subscription limits long before.
-    u32::try_from(index).expect("trie: more than 2^32 nodes or levels")
-}
-
 /// One level of a filter.
 struct Node<K, V> {
-    /// The node this one hangs from; the root's parent is itself. Lets pruning walk up.
-    parent: NodeId,
-    /// How many literal children this node has in [`Trie::edges`].
-    literal_count: u32,
+    /// Children under a literal level (the empty level included).
+    literal: HashMap<Level, Node<K, V>, LevelHasher>,
     /// The child under `+`.
-    plus: Option<NodeId>,
+    plus: Option<Box<Node<K, V>>>,
     /// Entries whose filter is this node's path followed by `/#` (or just `#` at the
     /// root). They match every topic that reaches this node, including one that ends
     /// here (`a/#` matches `a`).
@@ -106,61 +88,137 @@ struct Node<K, V> {
 }
 
 impl<K, V> Node<K, V> {
-    fn new(parent: NodeId) -> Self {
+    fn new() -> Self {
         Node {
-            parent,
-            literal_count: 0,
+            literal: HashMap::default(),
             plus: None,
-            hash: Entries::new(),
-            exact: Entries::new(),
+            hash: Entries::Empty,
+            exact: Entries::Empty,
         }
     }
 
-    /// A node with nothing in it and nothing under it, which pruning removes.
-    fn is_empty(&self) -> bool {
-        self.exact.items.is_empty()
-            && self.hash.items.is_empty()
-            && self.plus.is_none()
-            && self.literal_count == 0
-    }
-}
-
-/// The interned level strings: each distinct literal level of the trie gets a small id.
-struct Levels {
-    /// Level string to id.
-    ids: AHashMap<Box<str>, LevelId>,
-    /// For each id, how many edges it labels; the id is freed at zero.
-    edge_counts: Slab<u32>,
-}
-
-impl Levels {
-    fn get(&self, level: &str) -> Option<LevelId> {
-        self.ids.get(level).copied()
+    fn child_count(&self) -> usize {
+        self.literal.len() + usize::from(self.plus.is_some())
     }
 
-    /// The id of `level`, counting one more edge labelled with it.
-    fn acquire(&mut self, level: &str) -> LevelId {
-        if let Some(&id) = self.ids.get(level) {
-            self.edge_counts[id as usize] += 1;
-            return id;
+    fn child(&self, level: &str) -> Option<&Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            _ => literal_child(self, level),
         }
-        let id = id32(self.edge_counts.insert(1));
-        self.ids.insert(level.into(), id);
-        id
     }
 
-    /// Counts one edge labelled `level` (with id `id`) fewer.
-    fn release(&mut self, level: &str, id: LevelId) {
-        let count = &mut self.edge_counts[id as usize];
-        *count -= 1;
-        if *count == 0 {
-            self.edge_counts.remove(id as usize);
-            let removed = self.ids.remove(level);
-            assert_eq!(removed, Some(id), "trie: level {level:?} interned as {id}");
-            if self.ids.len() * 4 < self.ids.capacity() {
-                self.ids.shrink_to_fit();
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            _ => self.literal.get_mut(level.as_bytes()),
+        }
+    }
+
+    fn entries_mut(&mut self, slot: Slot) -> &mut Entries<K, V> {
+        match slot {
+            Slot::Exact => &mut self.exact,
+            Slot::Hash => &mut self.hash,
+        }
+    }
+
+    /// Moves this node's children onto `stack`.
+    fn take_children(&mut self, stack: &mut Vec<Node<K, V>>) {
+        stack.extend(self.literal.drain().map(|(_, child)| child));
+        if let Some(plus) = self.plus.take() {
+            stack.push(*plus);
+        }
+    }
+}
+
+impl<K, V> Drop for Node<K, V> {
+    /// Drops the subtree without recursion: a chain of 32,768 levels would overflow the
+    /// call stack otherwise. Each node popped here has no children left when it drops.
+    fn drop(&mut self) {
+        if self.literal.is_empty() && self.plus.is_none() {
+            return;
+        }
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
+        }
+    }
+}
+
+/// A literal filter level as a hash-map key; levels of up to [`LEVEL_INLINE_MAX`] bytes
+/// are stored inline, so comparing one during a lookup reads no other memory.
+enum Level {
+    Inline {
+        len: u8,
+        bytes: [u8; LEVEL_INLINE_MAX],
+    },
+    Boxed(Box<[u8]>),
+}
+
+impl Level {
+    fn new(level: &str) -> Self {
+        let level = level.as_bytes();
+        match u8::try_from(level.len()) {
+            Ok(len) if level.len() <= LEVEL_INLINE_MAX => {
+                let mut bytes = [0; LEVEL_INLINE_MAX];
+                bytes[..level.len()].copy_from_slice(level);
+                Level::Inline { len, bytes }
             }
+            _ => Level::Boxed(level.into()),
         }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Level::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Level::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+// `Hash` and `Eq` agree with those of `[u8]`, as `Borrow` requires: lookups go by the
+// topic level's bytes, with no key built.
+impl Borrow<[u8]> for Level {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for Level {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for Level {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Level {}
+
+/// The literal child of `node` under `level`.
+fn literal_child<'a, K, V>(node: &'a Node<K, V>, level: &str) -> Option<&'a Node<K, V>> {
+    if node.literal.is_empty() {
+        return None;
+    }
+    node.literal.get(level.as_bytes())
+}
+
+/// Hashes literal levels with a per-process random seed (clients choose the level
+/// strings, so a fixed seed would let them collide a node's children on purpose). A
+/// zero-sized builder keeps it out of every node.
+#[derive(Clone, Copy, Default)]
+struct LevelHasher;
+
+impl BuildHasher for LevelHasher {
+    type Hasher = AHasher;
+
+    fn build_hasher(&self) -> AHasher {
+        static SEED: OnceLock<ahash::RandomState> = OnceLock::new();
+        SEED.get_or_init(ahash::RandomState::new).build_hasher()
     }
 }
 
@@ -173,74 +231,138 @@ enum Slot {
     Hash,
 }
 
-/// The `(key, value)` pairs of one filter.
-struct Entries<K, V> {
-    /// The pairs, in no particular order; keys are distinct.
+/// A filter split into the levels of the node it ends at and the entry list there. A
+/// valid filter has `#` only as its whole last level ("#" or ".../#").
+fn path(filter: &TopicFilter) -> (impl Iterator<Item = &str> + Clone, Slot) {
+    let filter_str = filter.as_str();
+    let slot = if filter_str == "#" || filter_str.ends_with("/#") {
+        Slot::Hash
+    } else {
+        Slot::Exact
+    };
+    (filter.levels().filter(|level| *level != "#"), slot)
+}
+
+/// The `(key, value)` pairs of one filter; keys are distinct, order is unspecified.
+///
+/// Most filters have one key (a device subscribing to its own topics), so one pair is
+/// held inline: matching it reads nothing beyond the node. More are boxed, which keeps
+/// every node small.
+enum Entries<K, V> {
+    Empty,
+    One((K, V)),
+    Many(Box<ManyEntries<K, V>>),
+}
+
+/// Two pairs or more.
+struct ManyEntries<K, V> {
     items: Vec<(K, V)>,
     /// Position of each key in `items`, present while `items` is large.
-    index: Option<Box<AHashMap<K, usize>>>,
+    index: Option<AHashMap<K, usize>>,
 }
 
 impl<K, V> Entries<K, V> {
-    fn new() -> Self {
-        Entries { items: Vec::new(), index: None }
+    fn as_slice(&self) -> &[(K, V)] {
+        match self {
+            Entries::Empty => &[],
+            Entries::One(pair) => std::slice::from_ref(pair),
+            Entries::Many(many) => &many.items,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Entries::Empty)
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
     }
 }
 
 impl<K: Copy + Eq + Hash, V> Entries<K, V> {
     fn position(&self, key: K) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(&key).copied(),
-            None => self.items.iter().position(|(k, _)| *k == key),
+        if let Entries::Many(many) = self {
+            if let Some(index) = &many.index {
+                return index.get(&key).copied();
+            }
         }
+        self.as_slice().iter().position(|(k, _)| *k == key)
     }
 
     fn get(&self, key: K) -> Option<&V> {
         let i = self.position(key)?;
-        Some(&self.items[i].1)
+        Some(&self.as_slice()[i].1)
     }
 
     fn get_mut(&mut self, key: K) -> Option<&mut V> {
         let i = self.position(key)?;
-        Some(&mut self.items[i].1)
+        match self {
+            Entries::Empty => None,
+            Entries::One((_, value)) => Some(value),
+            Entries::Many(many) => Some(&mut many.items[i].1),
+        }
     }
 
     fn insert(&mut self, key: K, value: V) -> Option<V> {
-        if let Some(i) = self.position(key) {
-            return Some(std::mem::replace(&mut self.items[i].1, value));
+        if let Some(previous) = self.get_mut(key) {
+            return Some(std::mem::replace(previous, value));
         }
-        self.items.push((key, value));
-        let len = self.items.len();
-        match &mut self.index {
-            Some(index) => {
-                index.insert(key, len - 1);
+        match self {
+            Entries::Many(many) => {
+                let ManyEntries { items, index } = &mut **many;
+                items.push((key, value));
+                match index {
+                    Some(index) => {
+                        index.insert(key, items.len() - 1);
+                    }
+                    None if items.len() > ENTRIES_SCAN_MAX => {
+                        let positions = items.iter().enumerate().map(|(i, (k, _))| (*k, i));
+                        *index = Some(positions.collect());
+                    }
+                    None => {}
+                }
             }
-            None if len > ENTRIES_SCAN_MAX => {
-                let index = self.items.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
-                self.index = Some(Box::new(index));
+            // Empty or one pair: grow by one.
+            _ => {
+                *self = match std::mem::replace(self, Entries::Empty) {
+                    Entries::One(first) => Entries::Many(Box::new(ManyEntries {
+                        items: vec![first, (key, value)],
+                        index: None,
+                    })),
+                    _ => Entries::One((key, value)),
+                };
             }
-            None => {}
         }
         None
     }
 
     fn remove(&mut self, key: K) -> Option<V> {
-        let i = match &mut self.index {
-            Some(index) => index.remove(&key)?,
-            None => self.items.iter().position(|(k, _)| *k == key)?,
+        let i = self.position(key)?;
+        let Entries::Many(many) = self else {
+            // The one pair is `key`'s.
+            return match std::mem::replace(self, Entries::Empty) {
+                Entries::One((_, value)) => Some(value),
+                _ => None,
+            };
         };
-        let (_, value) = self.items.swap_remove(i);
-        if let Some(index) = &mut self.index {
-            if let Some((moved, _)) = self.items.get(i) {
-                index.insert(*moved, i);
+        let ManyEntries { items, index } = &mut **many;
+        let (_, value) = items.swap_remove(i);
+        if let Some(index_map) = index {
+            index_map.remove(&key);
+            if let Some((moved, _)) = items.get(i) {
+                index_map.insert(*moved, i);
             }
-            if self.items.len() <= ENTRIES_SCAN_MAX / 2 {
-                self.index = None;
+            if items.len() <= ENTRIES_SCAN_MAX / 2 {
+                *index = None;
             }
         }
-        // A filter that once had many subscribers gives the memory back.
-        if self.items.len() <= self.items.capacity() / 4 {
-            self.items.shrink_to(self.items.len() * 2);
+        if items.len() == 1 {
+            if let Some(last) = items.pop() {
+                *self = Entries::One(last);
+            }
+        } else if items.len() <= items.capacity() / 4 {
+            // A filter that once had many subscribers gives the memory back.
+            items.shrink_to(items.len() * 2);
         }
         Some(value)
     }
@@ -249,13 +371,8 @@ impl<K: Copy + Eq + Hash, V> Entries<K, V> {
 impl<K: Copy + Eq + Hash, V> Trie<K, V> {
     /// An empty trie.
     pub fn new() -> Self {
-        let mut nodes = Slab::new();
-        let root = nodes.insert(Node::new(ROOT));
-        assert_eq!(root, ROOT as usize, "the root is the first node of a fresh slab");
         Trie {
-            nodes,
-            edges: AHashMap::new(),
-            levels: Levels { ids: AHashMap::new(), edge_counts: Slab::new() },
+            root: Node::new(),
             entry_count: 0,
             filter_count: 0,
         }
@@ -263,37 +380,100 @@ impl<K: Copy + Eq + Hash, V> Trie<K, V> {
 
     /// Inserts or replaces the value of `key` under `filter`; returns the previous value.
     pub fn insert(&mut self, filter: &TopicFilter, key: K, value: V) -> Option<V> {
-        let (id, slot) = self.make_path(filter);
-        let entries = self.entries_mut(id, slot);
-        let was_empty = entries.items.is_empty();
+        let (levels, slot) = path(filter);
+        let mut node = &mut self.root;
+        for level in levels {
+            node = match level {
+                "+" => node.plus.get_or_insert_with(|| Box::new(Node::new())),
+                _ => node
+                    .literal
+                    .entry(Level::new(level))
+                    .or_insert_with(Node::new),
+            };
+        }
+        let entries = node.entries_mut(slot);
+        let was_empty = entries.is_empty();
         let previous = entries.insert(key, value);
         if previous.is_none() {
             self.entry_count += 1;
-            if was_empty {
-                self.filter_count += 1;
-            }
+            self.filter_count += usize::from(was_empty);
         }
         previous
     }
 
     /// Removes `key` under `filter`; returns its value. Prunes nodes left empty.
     pub fn remove(&mut self, filter: &TopicFilter, key: K) -> Option<V> {
-        let (id, slot) = self.find_path(filter)?;
-        let entries = self.entries_mut(id, slot);
-        let value = entries.remove(key)?;
-        let now_empty = entries.items.is_empty();
-        self.entry_count -= 1;
-        if now_empty {
-            self.filter_count -= 1;
-            self.prune(id, filter, slot);
+        // First pass, read-only: is the entry there, and which is the highest node on
+        // its path that removing it leaves empty (`prune_depth`, the root being 0)?
+        let (levels, slot) = path(filter);
+        let mut node = &self.root;
+        let mut prune_depth = None;
+        let mut depth = 0;
+        for level in levels.clone() {
+            let only_the_path =
+                node.exact.is_empty() && node.hash.is_empty() && node.child_count() == 1;
+            if depth > 0 && only_the_path {
+                prune_depth.get_or_insert(depth);
+            } else {
+                prune_depth = None;
+            }
+            node = node.child(level)?;
+            depth += 1;
         }
+        let (entries, others) = match slot {
+            Slot::Exact => (&node.exact, &node.hash),
+            Slot::Hash => (&node.hash, &node.exact),
+        };
+        entries.position(key)?;
+        let filter_emptied = entries.len() == 1;
+        let left_empty = filter_emptied && others.is_empty() && node.child_count() == 0;
+        if depth > 0 && left_empty {
+            prune_depth.get_or_insert(depth);
+        } else {
+            prune_depth = None;
+        }
+
+        // Second pass: take the entry out, cutting off the emptied branch if there is one.
+        // The first pass found every node on the path, so no `?` below returns early.
+        let mut levels = levels;
+        let mut node = &mut self.root;
+        let value = match prune_depth {
+            None => {
+                for level in levels {
+                    node = node.child_mut(level)?;
+                }
+                node.entries_mut(slot).remove(key)?
+            }
+            Some(prune_depth) => {
+                for level in levels.by_ref().take(prune_depth - 1) {
+                    node = node.child_mut(level)?;
+                }
+                let mut branch = match levels.next()? {
+                    "+" => *node.plus.take()?,
+                    level => node.literal.remove(level.as_bytes())?,
+                };
+                if node.literal.len() * 4 < node.literal.capacity() {
+                    node.literal.shrink_to_fit();
+                }
+                let mut node = &mut branch;
+                for level in levels {
+                    node = node.child_mut(level)?;
+                }
+                node.entries_mut(slot).remove(key)?
+            }
+        };
+        self.entry_count -= 1;
+        self.filter_count -= usize::from(filter_emptied);
         Some(value)
     }
 
     /// The value of `key` under exactly `filter` (no wildcard matching).
     pub fn get(&self, filter: &TopicFilter, key: K) -> Option<&V> {
-        let (id, slot) = self.find_path(filter)?;
-        let node = &self.nodes[id as usize];
+        let (levels, slot) = path(filter);
+        let mut node = &self.root;
+        for level in levels {
+            node = node.child(level)?;
+        }
         match slot {
             Slot::Exact => node.exact.get(key),
             Slot::Hash => node.hash.get(key),
@@ -302,8 +482,12 @@ impl<K: Copy + Eq + Hash, V> Trie<K, V> {
 
     /// The value of `key` under exactly `filter` (no wildcard matching), mutably.
     pub fn get_mut(&mut self, filter: &TopicFilter, key: K) -> Option<&mut V> {
-        let (id, slot) = self.find_path(filter)?;
-        self.entries_mut(id, slot).get_mut(key)
+        let (levels, slot) = path(filter);
+        let mut node = &mut self.root;
+        for level in levels {
+            node = node.child_mut(level)?;
+        }
+        node.entries_mut(slot).get_mut(key)
     }
 
     /// Calls `f(key, value)` once for every `(filter, key)` entry whose filter matches
@@ -338,186 +522,85 @@ impl<K: Copy + Eq + Hash, V> Trie<K, V> {
         self.filter_count
     }
 
-    fn entries_mut(&mut self, id: NodeId, slot: Slot) -> &mut Entries<K, V> {
-        let node = &mut self.nodes[id as usize];
-        match slot {
-            Slot::Exact => &mut node.exact,
-            Slot::Hash => &mut node.hash,
-        }
-    }
-
-    /// The literal child of `parent` under `level`.
-    fn literal_child(&self, parent: NodeId, level: &str) -> Option<NodeId> {
-        let level = self.levels.get(level)?;
-        self.edges.get(&edge(parent, level)).copied()
-    }
-
-    /// The node and slot of `filter`, if its path exists.
-    fn find_path(&self, filter: &TopicFilter) -> Option<(NodeId, Slot)> {
-        let mut id = ROOT;
-        for level in filter.levels() {
-            id = match level {
-                // `#` is always the last level of a valid filter.
-                "#" => return Some((id, Slot::Hash)),
-                "+" => self.nodes[id as usize].plus?,
-                _ => self.literal_child(id, level)?,
-            };
-        }
-        Some((id, Slot::Exact))
-    }
-
-    /// The node and slot of `filter`, creating its path as needed.
-    fn make_path(&mut self, filter: &TopicFilter) -> (NodeId, Slot) {
-        let mut id = ROOT;
-        for level in filter.levels() {
-            let existing = match level {
-                "#" => return (id, Slot::Hash),
-                "+" => self.nodes[id as usize].plus,
-                _ => self.literal_child(id, level),
-            };
-            id = match existing {
-                Some(child) => child,
-                None => {
-                    let child = id32(self.nodes.insert(Node::new(id)));
-                    if level == "+" {
-                        self.nodes[id as usize].plus = Some(child);
-                    } else {
-                        let level = self.levels.acquire(level);
-                        self.edges.insert(edge(id, level), child);
-                        self.nodes[id as usize].literal_count += 1;
-                    }
-                    child
-                }
-            };
-        }
-        (id, Slot::Exact)
-    }
-
-    /// Removes `id` and its ancestors while they are empty. `id` is the node that
-    /// `filter` ends in (`slot` says whether through a trailing `#`).
-    fn prune(&mut self, mut id: NodeId, filter: &TopicFilter, slot: Slot) {
-        // Walking up from `id`, each node is the child of its parent under the filter's
-        // levels read from the end; a trailing `#` has no node of its own.
-        let mut levels = filter.as_str().rsplit('/');
-        if slot == Slot::Hash {
-            levels.next();
-        }
-        while id != ROOT && self.nodes[id as usize].is_empty() {
-            let parent = self.nodes.remove(id as usize).parent;
-            match levels.next() {
-                Some("+") => {
-                    let node = &mut self.nodes[parent as usize];
-                    assert_eq!(node.plus, Some(id), "trie: pruned + child is its parent's");
-                    node.plus = None;
-                }
-                Some(level) => {
-                    let level_id = self.levels.get(level);
-                    let removed = level_id.and_then(|l| self.edges.remove(&edge(parent, l)));
-                    assert_eq!(removed, Some(id), "trie: pruned child is its parent's");
-                    if let Some(level_id) = level_id {
-                        self.levels.release(level, level_id);
-                    }
-                    self.nodes[parent as usize].literal_count -= 1;
-                    if self.edges.len() * 4 < self.edges.capacity() {
-                        self.edges.shrink_to_fit();
-                    }
-                }
-                None => unreachable!("trie: a filter's path is no deeper than its levels"),
-            }
-            id = parent;
-        }
-    }
-
     /// Calls `visit` with every non-empty entry list whose filter matches `topic`, until
     /// it breaks.
-    fn walk(
-        &self,
+    fn walk<'a>(
+        &'a self,
         topic: &TopicName,
-        mut visit: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
+        mut visit: impl FnMut(&'a [(K, V)]) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
-        // Filters starting with a wildcard do not match `$`-topics [MQTT-4.7.2-1]: at the
-        // first level, skip the root's `#` entries and `+` child.
-        let mut wildcards = !topic.is_dollar();
-        // The nodes whose path matches the topic levels consumed so far.
-        let mut frontier = Frontier::new();
-        let mut next = Frontier::new();
-        frontier.push(ROOT);
-        for level in topic.levels() {
-            // Hashed once per level, and only if some node here has literal children.
-            let mut level_id = None;
-            for id in frontier.iter() {
-                let node = &self.nodes[id as usize];
-                if wildcards {
-                    if !node.hash.items.is_empty() {
-                        visit(&node.hash.items)?;
-                    }
-                    if let Some(plus) = node.plus {
-                        next.push(plus);
-                    }
+        let topic = topic.as_str();
+        // Filters starting with a wildcard do not match `$`-topics [MQTT-4.7.2-1].
+        let dollar = topic.starts_with('$');
+        // A pending branch is a node and the byte offset in `topic` of the level to match
+        // under it, or `DONE` once every level is consumed. Offset 0 is the root's.
+        const DONE: usize = usize::MAX;
+        let mut stack = WalkStack::new(&self.root);
+        let mut next = Some((&self.root, 0));
+        while let Some((node, start)) = next.take().or_else(|| stack.pop()) {
+            let wildcards = !(dollar && start == 0);
+            if wildcards && !node.hash.is_empty() {
+                visit(node.hash.as_slice())?;
+            }
+            if start == DONE {
+                if !node.exact.is_empty() {
+                    visit(node.exact.as_slice())?;
                 }
-                if node.literal_count > 0 {
-                    let level_id = *level_id.get_or_insert_with(|| self.levels.get(level));
-                    let Some(level_id) = level_id else { continue };
-                    if let Some(&child) = self.edges.get(&edge(id, level_id)) {
-                        next.push(child);
-                    }
+                continue;
+            }
+            let rest = &topic[start..];
+            // Levels are short: a plain scan beats `memchr`'s setup.
+            let (level, after) = match rest.bytes().position(|b| b == b'/') {
+                Some(i) => (&rest[..i], start + i + 1),
+                None => (rest, DONE),
+            };
+            if wildcards {
+                next = node.plus.as_deref().map(|plus| (plus, after));
+            }
+            if let Some(child) = literal_child(node, level) {
+                match next {
+                    None => next = Some((child, after)),
+                    Some(_) => stack.push((child, after)),
                 }
-            }
-            if next.is_empty() {
-                return ControlFlow::Continue(());
-            }
-            std::mem::swap(&mut frontier, &mut next);
-            next.clear();
-            wildcards = true;
-        }
-        // The topic ends here: `#` below these nodes matches the parent level too.
-        for id in frontier.iter() {
-            let node = &self.nodes[id as usize];
-            if !node.hash.items.is_empty() {
-                visit(&node.hash.items)?;
-            }
-            if !node.exact.items.is_empty() {
-                visit(&node.exact.items)?;
             }
         }
         ControlFlow::Continue(())
     }
 }
 
-/// A set of node ids of one depth: a few inline, the rest on the heap.
-struct Frontier {
-    inline: [NodeId; FRONTIER_INLINE_MAX],
-    /// How many ids the frontier holds, inline and spilled.
-    len: usize,
-    /// The ids after the first [`FRONTIER_INLINE_MAX`].
-    spill: Vec<NodeId>,
+/// The pending branches of a match walk: a few inline, the rest on the heap.
+struct WalkStack<'a, K, V> {
+    inline: [(&'a Node<K, V>, usize); WALK_INLINE_MAX],
+    inline_len: usize,
+    /// Branches above the inline ones; only non-empty while `inline` is full.
+    spill: Vec<(&'a Node<K, V>, usize)>,
 }
 
-impl Frontier {
-    fn new() -> Self {
-        Frontier { inline: [ROOT; FRONTIER_INLINE_MAX], len: 0, spill: Vec::new() }
-    }
-
-    fn push(&mut self, id: NodeId) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = id,
-            None => self.spill.push(id),
+impl<'a, K, V> WalkStack<'a, K, V> {
+    fn new(filler: &'a Node<K, V>) -> Self {
+        WalkStack {
+            inline: [(filler, 0); WALK_INLINE_MAX],
+            inline_len: 0,
+            spill: Vec::new(),
         }
-        self.len += 1;
     }
 
-    fn is_empty(&self) -> bool {
-        self.len == 0
+    fn push(&mut self, branch: (&'a Node<K, V>, usize)) {
+        match self.inline.get_mut(self.inline_len) {
+            Some(slot) => {
+                *slot = branch;
+                self.inline_len += 1;
+            }
+            None => self.spill.push(branch),
+        }
     }
 
-    fn clear(&mut self) {
-        self.len = 0;
-        self.spill.clear();
-    }
-
-    fn iter(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let inline = &self.inline[..self.len.min(FRONTIER_INLINE_MAX)];
-        inline.iter().chain(&self.spill).copied()
+    fn pop(&mut self) -> Option<(&'a Node<K, V>, usize)> {
+        if let Some(branch) = self.spill.pop() {
+            return Some(branch);
+        }
+        self.inline_len = self.inline_len.checked_sub(1)?;
+        Some(self.inline[self.inline_len])
     }
 }
 
@@ -532,9 +615,7 @@ impl<K, V> fmt::Debug for Trie<K, V> {
         f.debug_struct("Trie")
             .field("len", &self.entry_count)
             .field("filter_count", &self.filter_count)
-            .field("node_count", &self.nodes.len())
-            .field("level_count", &self.levels.ids.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -564,76 +645,90 @@ mod tests {
     }
 
     impl<K: Copy + Eq + Hash, V> Trie<K, V> {
-        /// Checks every structural invariant; panics with the first one broken.
-        fn check_invariants(&self) {
-            let mut literal_children: AHashMap<NodeId, Vec<NodeId>> = AHashMap::new();
-            let mut level_uses: AHashMap<LevelId, u32> = AHashMap::new();
-            for (&key, &child) in &self.edges {
-                let (parent, level) = ((key >> 32) as NodeId, key as LevelId);
-                assert_eq!(self.nodes[child as usize].parent, parent, "parent link of {child}");
-                literal_children.entry(parent).or_default().push(child);
-                *level_uses.entry(level).or_default() += 1;
-            }
-            assert_eq!(self.levels.ids.len(), self.levels.edge_counts.len(), "level tables");
-            for (_, &level) in &self.levels.ids {
-                assert_eq!(
-                    Some(&self.levels.edge_counts[level as usize]),
-                    level_uses.get(&level),
-                    "edge count of level {level}"
-                );
-            }
-            assert_eq!(level_uses.len(), self.levels.ids.len(), "every edge level is interned");
-            let mut reachable = 0;
+        /// Checks every structural invariant, panicking at the first one broken, and
+        /// returns the number of nodes.
+        fn check_invariants(&self) -> usize {
+            assert!(
+                self.root.exact.is_empty(),
+                "the root holds no exact entries"
+            );
+            let mut node_count = 0;
             let mut entry_count = 0;
             let mut filter_count = 0;
-            let mut stack = vec![ROOT];
-            while let Some(id) = stack.pop() {
-                reachable += 1;
-                let node = &self.nodes[id as usize];
-                if id == ROOT {
-                    assert!(node.exact.items.is_empty(), "root holds no exact entries");
-                } else {
-                    assert!(!node.is_empty(), "empty node {id} was not pruned");
+            let mut stack = vec![&self.root];
+            while let Some(node) = stack.pop() {
+                node_count += 1;
+                let empty = node.exact.is_empty() && node.hash.is_empty();
+                if node_count > 1 {
+                    assert!(
+                        !empty || node.child_count() > 0,
+                        "an empty node was not pruned"
+                    );
                 }
                 for entries in [&node.exact, &node.hash] {
-                    entry_count += entries.items.len();
-                    filter_count += usize::from(!entries.items.is_empty());
-                    match &entries.index {
-                        Some(index) => {
-                            assert!(entries.items.len() > ENTRIES_SCAN_MAX / 2);
-                            assert_eq!(index.len(), entries.items.len());
-                            for (i, (k, _)) in entries.items.iter().enumerate() {
-                                assert_eq!(index.get(k), Some(&i), "index out of date");
-                            }
-                        }
-                        None => assert!(entries.items.len() <= ENTRIES_SCAN_MAX),
-                    }
-                    for (i, (k, _)) in entries.items.iter().enumerate() {
+                    let items = entries.as_slice();
+                    entry_count += items.len();
+                    filter_count += usize::from(!items.is_empty());
+                    for (i, (k, _)) in items.iter().enumerate() {
                         assert!(
-                            entries.items[..i].iter().all(|(other, _)| other != k),
+                            items[..i].iter().all(|(other, _)| other != k),
                             "duplicate key"
                         );
                     }
+                    let Entries::Many(many) = entries else {
+                        continue;
+                    };
+                    assert!(many.items.len() >= 2, "a short list is not boxed");
+                    match &many.index {
+                        Some(index) => {
+                            assert!(many.items.len() > ENTRIES_SCAN_MAX / 2, "index kept");
+                            assert_eq!(index.len(), many.items.len(), "index size");
+                            for (i, (k, _)) in many.items.iter().enumerate() {
+                                assert_eq!(index.get(k), Some(&i), "index out of date");
+                            }
+                        }
+                        None => assert!(many.items.len() <= ENTRIES_SCAN_MAX, "index missing"),
+                    }
                 }
-                let literal = literal_children.get(&id).map_or(&[][..], Vec::as_slice);
-                assert_eq!(node.literal_count as usize, literal.len(), "literal_count of {id}");
-                if let Some(plus) = node.plus {
-                    assert_eq!(self.nodes[plus as usize].parent, id, "parent link of {plus}");
-                    stack.push(plus);
+                for (level, child) in &node.literal {
+                    let inline = matches!(level, Level::Inline { .. });
+                    assert_eq!(
+                        inline,
+                        level.as_bytes().len() <= LEVEL_INLINE_MAX,
+                        "level form"
+                    );
+                    stack.push(child);
                 }
-                stack.extend_from_slice(literal);
+                stack.extend(node.plus.as_deref());
             }
-            assert_eq!(reachable, self.nodes.len(), "unreachable nodes in the arena");
             assert_eq!(entry_count, self.entry_count, "len");
             assert_eq!(filter_count, self.filter_count, "filter_count");
+            node_count
         }
     }
 
     #[test]
     fn matching_table() {
         let filters = [
-            "a/b/c", "a/+/c", "a/+", "a/#", "#", "+", "+/+", "/+", "a/b/", "a/+/", "$SYS/#",
-            "$SYS/+", "+/x", "a/+/+", "sport/tennis/#", "/", "//", "+/#", "a/b/c/#",
+            "a/b/c",
+            "a/+/c",
+            "a/+",
+            "a/#",
+            "#",
+            "+",
+            "+/+",
+            "/+",
+            "a/b/",
+            "a/+/",
+            "$SYS/#",
+            "$SYS/+",
+            "+/x",
+            "a/+/+",
+            "sport/tennis/#",
+            "/",
+            "//",
+            "+/#",
+            "a/b/c/#",
         ];
         let mut trie = Trie::new();
         for (key, filter) in filters.iter().enumerate() {
@@ -641,8 +736,24 @@ mod tests {
         }
         trie.check_invariants();
         let topics = [
-            "a", "a/b", "a/b/c", "a/b/c/d", "a/b/", "/a", "/", "//", "$SYS/x", "$SYS", "$SYS/x/y",
-            "x", "b/x", "sport/tennis", "sport/tennis/player1", "sport", "$", "a//c",
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/c/d",
+            "a/b/",
+            "/a",
+            "/",
+            "//",
+            "$SYS/x",
+            "$SYS",
+            "$SYS/x/y",
+            "x",
+            "b/x",
+            "sport/tennis",
+            "sport/tennis/player1",
+            "sport",
+            "$",
+            "a//c",
         ];
         for topic in topics {
             let expected: Vec<(usize, &str)> = filters
@@ -652,7 +763,11 @@ mod tests {
                 .map(|(key, filter)| (key, *filter))
                 .collect();
             assert_eq!(matched(&trie, &t(topic)), expected, "topic {topic:?}");
-            assert_eq!(trie.has_match(&t(topic)), !expected.is_empty(), "topic {topic:?}");
+            assert_eq!(
+                trie.has_match(&t(topic)),
+                !expected.is_empty(),
+                "topic {topic:?}"
+            );
         }
     }
 
@@ -744,7 +859,9 @@ mod tests {
 
     #[test]
     fn removing_everything_prunes_back_to_the_root() {
-        let filters = ["a/b/c", "a/+/c", "a/#", "#", "+", "/", "a//", "+/+/+/#", "$SYS/+"];
+        let filters = [
+            "a/b/c", "a/+/c", "a/#", "#", "+", "/", "a//", "+/+/+/#", "$SYS/+",
+        ];
         let mut trie = Trie::new();
         for (i, filter) in filters.iter().enumerate() {
             for key in 0..3u32 {
@@ -763,8 +880,7 @@ mod tests {
         }
         assert_eq!((trie.len(), trie.filter_count()), (0, 0));
         assert!(trie.is_empty());
-        assert_eq!(trie.nodes.len(), 1, "only the root is left");
-        assert!(trie.edges.is_empty() && trie.levels.ids.is_empty(), "no edges or levels left");
+        assert_eq!(trie.check_invariants(), 1, "only the root is left");
         assert!(!trie.has_match(&t("a/b/c")));
     }
 
@@ -775,8 +891,10 @@ mod tests {
         for filter in ["a", "a/b/c", "a/+", "a/#", "#", "b"] {
             assert_eq!(trie.remove(&f(filter), 1), None, "{filter}");
         }
-        assert_eq!((trie.len(), trie.filter_count(), trie.nodes.len()), (1, 1, 3));
-        trie.check_invariants();
+        assert_eq!(
+            (trie.len(), trie.filter_count(), trie.check_invariants()),
+            (1, 1, 3)
+        );
     }
 
     #[test]
@@ -788,6 +906,9 @@ mod tests {
         }
         trie.check_invariants();
         assert_eq!(trie.get(&filter, 500), Some(&1000));
+        *trie.get_mut(&filter, 500).expect("present") = 1;
+        assert_eq!(trie.get(&filter, 500), Some(&1));
+        *trie.get_mut(&filter, 500).expect("present") = 1000;
         for key in (0..1000u32).step_by(2) {
             assert_eq!(trie.remove(&filter, key), Some(key * 2));
         }
@@ -797,7 +918,10 @@ mod tests {
             assert_eq!(trie.remove(&filter, key), Some(key * 2));
             trie.check_invariants();
         }
-        assert_eq!((trie.len(), trie.filter_count(), trie.nodes.len()), (0, 0, 1));
+        assert_eq!(
+            (trie.len(), trie.filter_count(), trie.check_invariants()),
+            (0, 0, 1)
+        );
     }
 
     /// The deepest filter and topic the codec admits: no recursion to overflow when
@@ -821,20 +945,48 @@ mod tests {
     }
 
     #[test]
+    fn long_levels_match_like_short_ones() {
+        let long = "l".repeat(LEVEL_INLINE_MAX + 1);
+        let short = "s".repeat(LEVEL_INLINE_MAX);
+        let mut trie = Trie::new();
+        trie.insert(&f(&format!("{long}/{short}")), 1u32, ());
+        trie.insert(&f(&format!("{short}/{long}/#")), 2, ());
+        assert_eq!(
+            matched(&trie, &t(&format!("{long}/{short}"))),
+            vec![(1, ())]
+        );
+        assert_eq!(
+            matched(&trie, &t(&format!("{short}/{long}"))),
+            vec![(2, ())]
+        );
+        assert!(!trie.has_match(&t(&format!("{long}x/{short}"))));
+        assert!(!trie.has_match(&t(&format!("{short}/{long}x"))));
+        trie.check_invariants();
+        assert_eq!(trie.remove(&f(&format!("{long}/{short}")), 1), Some(()));
+        assert_eq!(trie.remove(&f(&format!("{short}/{long}/#")), 2), Some(()));
+        assert_eq!(trie.check_invariants(), 1);
+    }
+
+    #[test]
     fn debug_is_a_summary() {
         let mut trie = Trie::new();
         trie.insert(&f("a/b"), 1u32, ());
-        assert_eq!(format!("{trie:?}"), "Trie { len: 1, filter_count: 1, node_count: 3, level_count: 2 }");
+        assert_eq!(format!("{trie:?}"), "Trie { len: 1, filter_count: 1, .. }");
     }
 
     // Property test: random inserts and removes against a naive list of
     // `(filter, key, value)` matched with `cutie_codec::matches`.
 
-    const FILTER_LEVELS: [&str; 6] = ["a", "b", "c", "", "$s", "+"];
-    const TOPIC_LEVELS: [&str; 5] = ["a", "b", "c", "", "$s"];
+    /// Longer than [`LEVEL_INLINE_MAX`], so stored boxed.
+    const LONG: &str = "a-level-longer-than-22-bytes";
+    const FILTER_LEVELS: [&str; 7] = ["a", "b", "c", "", "$s", LONG, "+"];
+    const TOPIC_LEVELS: [&str; 6] = ["a", "b", "c", "", "$s", LONG];
 
     fn filter_strategy() -> impl Strategy<Value = TopicFilter> {
-        (prop::collection::vec(prop::sample::select(&FILTER_LEVELS[..]), 0..4), any::<bool>())
+        (
+            prop::collection::vec(prop::sample::select(&FILTER_LEVELS[..]), 0..4),
+            any::<bool>(),
+        )
             .prop_filter_map("a filter is not empty", |(mut levels, hash)| {
                 if hash {
                     levels.push("#");
@@ -913,6 +1065,33 @@ mod tests {
                     prop_assert_eq!(trie.has_match(topic), !expected.is_empty());
                 }
             }
+        }
+
+        /// Few filters, many keys: entry lists grow past the indexed size and shrink back.
+        #[test]
+        fn popular_filters_agree_with_a_naive_model(
+            ops in prop::collection::vec((0..3usize, 0..40u8, any::<bool>()), 1..400),
+        ) {
+            let filters = [f("a/+"), f("a/#"), f("#")];
+            let mut trie = Trie::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (step, (filter, key, insert)) in ops.into_iter().enumerate() {
+                if insert {
+                    let expected = model.insert((filter, key), step);
+                    prop_assert_eq!(trie.insert(&filters[filter], key, step), expected);
+                } else {
+                    let expected = model.remove(&(filter, key));
+                    prop_assert_eq!(trie.remove(&filters[filter], key), expected);
+                }
+                trie.check_invariants();
+                prop_assert_eq!(trie.len(), model.len());
+            }
+            for (&(filter, key), value) in &model {
+                prop_assert_eq!(trie.get(&filters[filter], key), Some(value));
+            }
+            let mut expected: Vec<(u8, usize)> = model.iter().map(|(&(_, k), &v)| (k, v)).collect();
+            expected.sort();
+            prop_assert_eq!(matched(&trie, &t("a/b")), expected);
         }
     }
 }
