@@ -146,6 +146,46 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// glommio registers `io_memory` once per ring, three rings per executor, all counted
+/// against `RLIMIT_MEMLOCK`. When the configured size does not fit the limit for
+/// `shards` executors, registration fails (glommio then only warns and runs slower), so
+/// shrink it to what fits, never below 64 KiB, and say so.
+fn fit_io_memory(configured: usize, shards: u16) -> usize {
+    const RINGS_PER_EXECUTOR: usize = 3;
+    // The rings themselves also lock memory; measured: 8 x 3 x 256 KiB fits 8 MiB, 8 x 3 x 296 KiB does not.
+    const HEADROOM_BYTES: usize = 2 * 1024 * 1024;
+    const FLOOR_BYTES: usize = 64 * 1024;
+    // SAFETY: getrlimit fills a plain struct.
+    let limit = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return configured;
+        }
+        limit.rlim_cur
+    };
+    // SAFETY: geteuid has no preconditions. Root is not limited (CAP_IPC_LOCK).
+    if limit == libc::RLIM_INFINITY || unsafe { libc::geteuid() } == 0 {
+        return configured;
+    }
+    let budget = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(HEADROOM_BYTES);
+    let per_ring = budget / (usize::from(shards) * RINGS_PER_EXECUTOR);
+    if per_ring >= configured {
+        return configured;
+    }
+    let fitted = (per_ring / 4096 * 4096).max(FLOOR_BYTES);
+    tracing::warn!(
+        memlock_limit_bytes = limit,
+        shards,
+        configured_io_memory_bytes = configured,
+        io_memory_bytes = fitted,
+        "runtime.io_memory_bytes does not fit the locked-memory limit (ulimit -l) for this many \
+         shards; using less. Raise the limit (systemd LimitMEMLOCK, ulimit -l) to keep the configured size"
+    );
+    fitted
+}
+
 fn bind_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
@@ -208,6 +248,7 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         }
     }
 
+    let io_memory_bytes = fit_io_memory(config.io_memory_bytes, n);
     let cpus = allowed_cpus();
     let mut controls = Vec::new();
     let mut handles = Vec::new();
@@ -227,7 +268,7 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         let config = config.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("cutie-shard-{i}"))
-            .io_memory(config.io_memory_bytes)
+            .io_memory(io_memory_bytes)
             .ring_depth(config.ring_depth)
             .spawn(move || async move {
                 run_shard(
