@@ -39,7 +39,9 @@ pub fn connect(
     let mut stream = TcpStream::connect_timeout(&addr, options.connect_timeout)
         .map_err(|source| ClientError::Connect { addr, source })?;
     let io = |doing| move |source| ClientError::Io { doing, source };
-    stream.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(io("setting TCP_NODELAY"))?;
     stream
         .set_read_timeout(Some(options.io_timeout))
         .map_err(io("setting the read timeout"))?;
@@ -80,12 +82,11 @@ impl Connected {
         qos: QoS,
         deadline: Instant,
     ) -> Result<QoS, ClientError> {
-        let topic_filter = TopicFilter::new(filter.to_owned()).map_err(|reason| {
-            ClientError::Topic {
+        let topic_filter =
+            TopicFilter::new(filter.to_owned()).map_err(|reason| ClientError::Topic {
                 topic: filter.to_owned(),
                 reason,
-            }
-        })?;
+            })?;
         let packet_id = PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0"));
         let subscribe = Packet::Subscribe(Subscribe {
             packet_id,

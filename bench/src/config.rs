@@ -241,7 +241,9 @@ impl RunConfig {
                     ));
                 }
                 if m.rate_per_sec == Some(0) {
-                    return fail("rate must be above 0 (leave it out for as fast as possible)".into());
+                    return fail(
+                        "rate must be above 0 (leave it out for as fast as possible)".into(),
+                    );
                 }
                 if m.inflight_max == 0 {
                     return fail("inflight window must be at least 1".into());

@@ -423,6 +423,7 @@ async fn run_shard(
                     Envelope::Core(message) => {
                         shard.core.borrow_mut().handle_mesh(from, message);
                         shard.flush_nowait();
+                        futures_lite::future::yield_now().await;
                     }
                     Envelope::HandOff(handoff) => {
                         // SAFETY: the fd is a connected TCP socket we own (moved here).
@@ -492,7 +493,26 @@ async fn run_shard(
     }
 
     // Shutdown: stop accepting, close every connection, give writers a moment to flush.
-    tracing::debug!(shard = %id, "shutting down");
+    {
+        let core = shard.core.borrow();
+        let stats = &core.stats;
+        tracing::info!(
+            shard = %id,
+            connections_total = stats.connections_total,
+            connections_current = stats.connections_current,
+            sessions = core.session_count(),
+            subscriptions = core.subscription_count(),
+            publish_received_total = stats.publish_received_total.iter().sum::<u64>(),
+            publish_sent_total = stats.publish_sent_total.iter().sum::<u64>(),
+            forwarded_total = stats.forwarded_total,
+            mesh_received_total = stats.mesh_received_total,
+            dropped_total = stats.dropped_queue_full_total
+                + stats.dropped_outbound_full_total
+                + stats.dropped_offline_total,
+            protocol_errors_total = stats.protocol_errors_total,
+            "shard shutting down"
+        );
+    }
     shard.stopping.set(true);
     let _ = stop_tx.try_send(());
     let now = shard.now_ms();
@@ -689,6 +709,9 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
                 let now = shard.now_ms();
                 shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
                 shard.flush().await;
+                // A socket with data always ready would otherwise never yield: let the
+                // writers (and other readers) of this shard run between reads.
+                futures_lite::future::yield_now().await;
             }
         }
     }

@@ -1,0 +1,90 @@
+//! A short fan-in against a real Mosquitto, when one is installed (Debian package
+//! `mosquitto`). Skips, saying so on stderr, when it is not: CI installs only the
+//! clients by default.
+
+use cutie_bench::config::{ConnectOptions, MessageConfig, RunConfig, Scenario};
+use cutie_bench::{NoObserver, Workload};
+use cutie_codec::QoS;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn find_mosquitto() -> Option<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")]);
+    candidates
+        .map(|dir| dir.join("mosquitto"))
+        .find(|path| path.is_file())
+}
+
+/// Kills the broker however the test ends.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn fan_in_against_mosquitto_loses_nothing() {
+    let Some(mosquitto) = find_mosquitto() else {
+        eprintln!("skipping: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    // An ephemeral port, released for mosquitto to take.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(&mosquitto)
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let broker = Broker(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = RunConfig {
+        target_name: "mosquitto".into(),
+        target_addr: addr.to_string(),
+        connect: ConnectOptions::default(),
+        workload: Workload::Messages(MessageConfig {
+            scenario: Scenario::FanIn { publishers: 4 },
+            qos: QoS::AtLeastOnce,
+            payload_bytes: 64,
+            rate_per_sec: Some(2000),
+            inflight_max: 100,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+            drain: Duration::from_secs(2),
+            threads: 2,
+            topic_prefix: None,
+        }),
+        broker_pid: Some(broker.0.id()),
+    };
+    let report = cutie_bench::run(&config, &mut NoObserver).expect("run completes");
+    let m = report.messages.as_ref().expect("message report");
+    assert_eq!(m.sent, 2400, "{report}");
+    assert_eq!(m.acked, m.sent, "{report}");
+    assert_eq!(m.received, m.expected, "{report}");
+    assert_eq!((m.lost, m.duplicated, m.reordered), (0, 0, 0), "{report}");
+    assert!(m.drained, "{report}");
+    assert_eq!(m.latency_us.count, 2000, "{report}");
+    let usage = report.broker.as_ref().expect("mosquitto's /proc entry");
+    assert!(usage.after.rss_bytes > 0, "{report}");
+    drop(broker);
+}
