@@ -14,7 +14,9 @@
 //! a filter, it tells every peer and holds the SUBACK until all have applied it, so a
 //! client that has its SUBACK receives everything published afterwards, from any shard.
 
-use crate::message::{owner_of, ConnId, MeshMessage, Message, ShardId, ShardSet, Token};
+use crate::message::{
+    owner_of, ConnId, MeshMessage, Message, RetainedVersion, ShardId, ShardSet, Token,
+};
 use crate::session::{DropReason, Inflight, OutboundState, Queued, Session, SessionKey};
 use crate::stats::ShardStats;
 use crate::trie::Trie;
@@ -71,6 +73,8 @@ enum Deferred {
     Packet(Packet),
     /// Send the retained messages matching these new subscriptions.
     Retained(Vec<SubscribeFilter>),
+    /// Nothing to send: holds what follows until its token's barrier completes.
+    Barrier,
 }
 
 /// One connection attached to a session.
@@ -107,12 +111,20 @@ pub struct ShardCore {
     /// How many local sessions subscribe with each exact filter; 0 -> 1 and 1 -> 0 are
     /// announced to the other shards.
     local_filters: AHashMap<TopicFilter, u32>,
+    /// The barrier of each local filter's last announcement (0 -> 1). A later subscriber
+    /// to the same filter waits for it too while it is pending: its SUBACK must not
+    /// overtake the peers learning of the interest.
+    announcements: AHashMap<TopicFilter, Token>,
     /// Other shards' interest: (filter, shard).
     interest: Trie<ShardId, ()>,
-    /// The retained messages, replicated on every shard.
-    retained: AHashMap<TopicName, Message>,
-    /// Barriers in flight: token -> (acks still missing, connection waiting).
-    barriers: AHashMap<Token, (u16, ConnId)>,
+    /// The retained messages, replicated on every shard, with the version of the update
+    /// that wrote each. A cleared topic keeps its version (and no message) so that an
+    /// older update arriving late cannot bring the message back.
+    retained: AHashMap<TopicName, (RetainedVersion, Option<Message>)>,
+    /// Lamport clock of retained-store updates: the highest version clock seen.
+    retained_clock: u64,
+    /// Barriers in flight: token -> (acks still missing, connections waiting).
+    barriers: AHashMap<Token, (u16, Vec<ConnId>)>,
     next_token: u64,
     mesh_out: Vec<(ShardId, MeshMessage)>,
     woken: Vec<ConnId>,
@@ -135,8 +147,10 @@ impl ShardCore {
             session_index: AHashMap::new(),
             subscriptions: Trie::new(),
             local_filters: AHashMap::new(),
+            announcements: AHashMap::new(),
             interest: Trie::new(),
             retained: AHashMap::new(),
+            retained_clock: 0,
             barriers: AHashMap::new(),
             next_token: 0,
             mesh_out: Vec::new(),
@@ -191,7 +205,7 @@ impl ShardCore {
 
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
-        self.retained.len()
+        self.retained.values().filter(|(_, m)| m.is_some()).count()
     }
 
     /// Whether the shard `shard` has announced interest in a filter matching `topic`.
@@ -225,7 +239,7 @@ impl ShardCore {
         let mut conn = Conn {
             session: None,
             decoder: Decoder::new(self.limits.packet_size_max),
-            out: BytesMut::with_capacity(256),
+            out: BytesMut::new(),
             closing: false,
             woken: false,
             keep_alive_limit_ms: u64::from(connect.keep_alive_secs) * 1500,
@@ -350,7 +364,7 @@ impl ShardCore {
 
     /// Periodic work: keep-alive expiry [MQTT-3.1.2-24].
     pub fn tick(&mut self, now_ms: u64) {
-        let expired: Vec<ConnId> = self
+        let mut expired: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| {
@@ -360,6 +374,9 @@ impl ShardCore {
             })
             .map(|(id, _)| *id)
             .collect();
+        // Hash-map order is random per process: sort, so wills go out in the same order
+        // for the same inputs (the deterministic simulation depends on it).
+        expired.sort_unstable();
         for conn_id in expired {
             tracing::debug!(conn = conn_id.0, "keep-alive expired");
             self.stats.keep_alive_expired_total += 1;
@@ -407,9 +424,13 @@ impl ShardCore {
     pub fn handle_mesh(&mut self, from: ShardId, message: MeshMessage) {
         self.stats.mesh_received_total += 1;
         match message {
-            MeshMessage::Publish { message, ack } => {
-                if message.retain {
-                    self.store_retained(&message);
+            MeshMessage::Publish {
+                message,
+                ack,
+                retained,
+            } => {
+                if let (true, Some(version)) = (message.retain, retained) {
+                    self.store_retained(&message, version);
                 }
                 self.deliver_local(&message);
                 if let Some(token) = ack {
@@ -428,15 +449,18 @@ impl ShardCore {
             }
             MeshMessage::Ack(token) => {
                 let done = match self.barriers.get_mut(&token) {
-                    Some((remaining, conn_id)) => {
+                    Some((remaining, _)) => {
                         *remaining = remaining.saturating_sub(1);
-                        (*remaining == 0).then_some(*conn_id)
+                        *remaining == 0
                     }
-                    None => None,
+                    None => false,
                 };
-                if let Some(conn_id) = done {
-                    self.barriers.remove(&token);
-                    self.flush_deferred(conn_id);
+                if done {
+                    if let Some((_, waiting)) = self.barriers.remove(&token) {
+                        for conn_id in waiting {
+                            self.flush_deferred(conn_id);
+                        }
+                    }
                 }
             }
         }
@@ -457,7 +481,7 @@ impl ShardCore {
             Packet::PubRel(packet_id) => {
                 // Answer PUBCOMP even for an id we do not hold: after a lost PUBCOMP the
                 // client re-sends PUBREL on reconnect and must get its PUBCOMP [MQTT-4.3.3-2].
-                if !self.sessions[key].inbound_qos2.remove(&packet_id) {
+                if self.sessions[key].inbound_qos2.remove(&packet_id).is_none() {
                     self.stats.unknown_packet_id_total += 1;
                 }
                 self.send_ack(conn_id, None, Deferred::Packet(Packet::PubComp(packet_id)));
@@ -510,11 +534,16 @@ impl ShardCore {
             }
             PublishQos::ExactlyOnce(packet_id) => {
                 // Route only the first time: a re-sent PUBLISH with an id still awaiting
-                // PUBREL is the same message [MQTT-4.3.3-2].
-                let token = if self.sessions[key].inbound_qos2.insert(packet_id) {
-                    self.route(message, true)
-                } else {
-                    None
+                // PUBREL is the same message [MQTT-4.3.3-2]. Its PUBREC still waits for
+                // the first one's barrier (the first PUBREC may have been lost with its
+                // connection before that barrier completed).
+                let token = match self.sessions[key].inbound_qos2.get(&packet_id) {
+                    Some(first) => first.filter(|token| self.barriers.contains_key(token)),
+                    None => {
+                        let token = self.route(message, true);
+                        self.sessions[key].inbound_qos2.insert(packet_id, token);
+                        token
+                    }
                 };
                 self.send_ack(conn_id, token, Deferred::Packet(Packet::PubRec(packet_id)));
             }
@@ -546,6 +575,9 @@ impl ShardCore {
     fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, subscribe: Subscribe) {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut announce = Vec::new();
+        // Earlier announcements of these filters that not every peer has applied yet:
+        // this SUBACK waits for them too.
+        let mut pending = Vec::new();
         for SubscribeFilter { filter, qos } in &subscribe.filters {
             // Every valid filter is granted at the QoS asked for; ACLs plug in here (0x80).
             let granted = *qos;
@@ -555,6 +587,10 @@ impl ShardCore {
                 .insert(filter.clone(), granted);
             if previous.is_none() && self.add_local_filter(filter) {
                 announce.push(filter.clone());
+            } else if let Some(&token) = self.announcements.get(filter) {
+                if self.barriers.contains_key(&token) && !pending.contains(&token) {
+                    pending.push(token);
+                }
             }
             codes.push(SubscribeReturnCode::Success(granted));
         }
@@ -569,6 +605,12 @@ impl ShardCore {
                 add: true,
                 ack,
             });
+            if let Some(token) = barrier {
+                self.announcements.insert(filter, token);
+            }
+        }
+        for token in pending {
+            self.send_ack(conn_id, Some(token), Deferred::Barrier);
         }
         let packet = Packet::SubAck(cutie_codec::SubAck {
             packet_id: subscribe.packet_id,
@@ -691,7 +733,10 @@ impl ShardCore {
 
     /// Removes a session and all its subscriptions.
     fn destroy_session(&mut self, key: SessionKey) {
-        let filters: Vec<TopicFilter> = self.sessions[key].subscriptions.keys().cloned().collect();
+        let mut filters: Vec<TopicFilter> =
+            self.sessions[key].subscriptions.keys().cloned().collect();
+        // Deterministic order of the Interest messages this may send.
+        filters.sort_unstable();
         for filter in &filters {
             self.remove_subscription(key, filter);
         }
@@ -709,6 +754,7 @@ impl ShardCore {
             *count -= 1;
             if *count == 0 {
                 self.local_filters.remove(filter);
+                self.announcements.remove(filter);
                 self.broadcast(|| MeshMessage::Interest {
                     filter: filter.clone(),
                     add: false,
@@ -735,13 +781,19 @@ impl ShardCore {
         let mut token = None;
         let mut matched = false;
         if message.retain {
-            self.store_retained(&message);
+            self.retained_clock += 1;
+            let version = RetainedVersion {
+                clock: self.retained_clock,
+                shard: self.id,
+            };
+            self.store_retained(&message, version);
             if self.shard_count > 1 {
                 let barrier = want_barrier.then(|| self.new_barrier_unowned());
                 token = barrier;
                 self.broadcast(|| MeshMessage::Publish {
                     message: message.clone(),
                     ack: barrier,
+                    retained: Some(version),
                 });
                 matched = self.interest_set(&message.topic).iter().next().is_some();
             }
@@ -755,6 +807,7 @@ impl ShardCore {
                     MeshMessage::Publish {
                         message: message.clone(),
                         ack: None,
+                        retained: None,
                     },
                 ));
             }
@@ -772,13 +825,19 @@ impl ShardCore {
         shards
     }
 
-    fn store_retained(&mut self, message: &Message) {
-        if message.payload.is_empty() {
-            // An empty retained message clears the topic [MQTT-3.3.1-10].
-            self.retained.remove(&message.topic);
-        } else {
-            self.retained.insert(message.topic.clone(), message.clone());
+    /// Applies a retained-store update unless the topic holds a newer one (see
+    /// [`RetainedVersion`]).
+    fn store_retained(&mut self, message: &Message, version: RetainedVersion) {
+        self.retained_clock = self.retained_clock.max(version.clock);
+        if let Some((held, _)) = self.retained.get(&message.topic) {
+            if *held >= version {
+                return;
+            }
         }
+        // An empty retained message clears the topic [MQTT-3.3.1-10].
+        let value = (!message.payload.is_empty()).then(|| message.clone());
+        self.retained
+            .insert(message.topic.clone(), (version, value));
     }
 
     /// Delivers to every local session with a matching subscription, once per session at
@@ -872,8 +931,10 @@ impl ShardCore {
             return;
         };
         if let Some(token) = token {
-            if let Some((_, owner)) = self.barriers.get_mut(&token) {
-                *owner = conn_id;
+            if let Some((_, waiting)) = self.barriers.get_mut(&token) {
+                if !waiting.contains(&conn_id) {
+                    waiting.push(conn_id);
+                }
             }
         }
         conn.deferred.push_back((token, deferred));
@@ -902,6 +963,7 @@ impl ShardCore {
                     self.wake(conn_id);
                 }
                 Deferred::Retained(filters) => self.send_retained(conn_id, &filters),
+                Deferred::Barrier => {}
             }
         }
     }
@@ -912,11 +974,14 @@ impl ShardCore {
         };
         let mut found: Vec<(Message, QoS)> = Vec::new();
         for SubscribeFilter { filter, qos } in filters {
-            for message in self.retained.values() {
+            let start = found.len();
+            for message in self.retained.values().filter_map(|(_, m)| m.as_ref()) {
                 if filter.matches(&message.topic) {
                     found.push((message.clone(), (*qos).min(message.qos)));
                 }
             }
+            // By topic, not hash-map order: the same inputs give the same output.
+            found[start..].sort_unstable_by(|a, b| a.0.topic.cmp(&b.0.topic));
         }
         for (message, qos) in found {
             // Sent because of a new subscription: retain flag 1 [MQTT-3.3.1-8].
@@ -926,8 +991,8 @@ impl ShardCore {
 
     fn new_barrier(&mut self, conn_id: ConnId) -> Token {
         let token = self.new_barrier_unowned();
-        if let Some((_, owner)) = self.barriers.get_mut(&token) {
-            *owner = conn_id;
+        if let Some((_, waiting)) = self.barriers.get_mut(&token) {
+            waiting.push(conn_id);
         }
         token
     }
@@ -936,7 +1001,7 @@ impl ShardCore {
         self.next_token += 1;
         let token = Token(self.next_token);
         self.barriers
-            .insert(token, (self.shard_count - 1, ConnId(u64::MAX)));
+            .insert(token, (self.shard_count - 1, Vec::new()));
         token
     }
 

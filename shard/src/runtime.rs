@@ -96,7 +96,7 @@ enum Envelope {
 #[derive(Debug)]
 struct HandOff {
     fd: OwnedFd,
-    connect: Connect,
+    connect: Box<Connect>,
     /// Bytes read after the CONNECT.
     rest: BytesMut,
 }
@@ -305,6 +305,8 @@ struct Shard {
     open_connections: Cell<usize>,
     start: Instant,
     stopping: Cell<bool>,
+    /// The buffer every socket read of this shard goes through (see `read_some`).
+    scratch: RefCell<Box<[u8]>>,
 }
 
 impl Shard {
@@ -339,7 +341,16 @@ impl Shard {
 
     /// Applies effects, waiting for room in mesh channels (backpressure).
     async fn flush(&self) {
-        for (to, message) in self.collect_effects() {
+        let mesh = self.collect_effects();
+        if !mesh.is_empty() {
+            // Boxed: the send future is large and rarely alive; inline it would grow every
+            // connection's task by its size.
+            Box::pin(self.send_mesh(mesh)).await;
+        }
+    }
+
+    async fn send_mesh(&self, mesh: Vec<(ShardId, MeshMessage)>) {
+        for (to, message) in mesh {
             if let Some(sender) = &self.senders[to.index()] {
                 if sender.send(Envelope::Core(message)).await.is_err() {
                     tracing::warn!(shard = %self.id, to = %to, "mesh channel closed");
@@ -412,6 +423,7 @@ async fn run_shard(
         open_connections: Cell::new(0),
         start: Instant::now(),
         stopping: Cell::new(false),
+        scratch: RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice()),
         config,
     });
 
@@ -427,15 +439,11 @@ async fn run_shard(
                     }
                     Envelope::HandOff(handoff) => {
                         // SAFETY: the fd is a connected TCP socket we own (moved here).
-                        let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
+                        let stream =
+                            Box::new(unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) });
                         let shard = shard.clone();
-                        glommio::spawn_local(run_connection(
-                            shard,
-                            stream,
-                            handoff.connect,
-                            handoff.rest,
-                        ))
-                        .detach();
+                        let task = run_connection(shard, stream, handoff.connect, handoff.rest);
+                        glommio::spawn_local(task).detach();
                     }
                 }
             }
@@ -529,11 +537,13 @@ async fn run_shard(
 async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     tracing::trace!(shard = %shard.id, peer = ?stream.peer_addr().ok(), "accepted");
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.config.limits.packet_size_max);
     let timeout = shard.config.connect_timeout;
     let first = futures_lite::future::or(
-        async { Some(read_first_packet(&mut stream, &mut buf, &mut decoder).await) },
+        async {
+            Some(read_first_packet(&shard.scratch, &mut stream, &mut buf, &mut decoder).await)
+        },
         async {
             glommio::timer::sleep(timeout).await;
             None
@@ -545,7 +555,7 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             tracing::debug!(shard = %shard.id, "no CONNECT within the connect timeout");
             return;
         }
-        Some(Ok(Packet::Connect(connect))) => *connect,
+        Some(Ok(Packet::Connect(connect))) => connect,
         Some(Ok(other)) => {
             // The first packet must be CONNECT [MQTT-3.1.0-1].
             tracing::debug!(shard = %shard.id, packet = ?other.packet_type(), "first packet is not CONNECT");
@@ -577,7 +587,8 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         owner_of(&connect.client_id, shard.config.shards)
     };
     if owner == shard.id {
-        run_connection(shard, stream, connect, buf).await;
+        // Its own task, so the memory of this one (the CONNECT decoding) is given back.
+        glommio::spawn_local(run_connection(shard, Box::new(stream), connect, buf)).detach();
         return;
     }
     // Hand the socket to its owner: duplicate the fd (glommio's stream closes its own),
@@ -608,6 +619,7 @@ enum FirstPacketError {
 }
 
 async fn read_first_packet(
+    scratch: &RefCell<Box<[u8]>>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
@@ -618,36 +630,54 @@ async fn read_first_packet(
             Ok(None) => {}
             Err(error) => return Err(FirstPacketError::Decode(error)),
         }
-        if read_some(stream, buf).await? == 0 {
+        if read_some(scratch, stream, buf).await? == 0 {
             return Err(FirstPacketError::Io);
         }
     }
 }
 
-/// Reads what is available into the spare capacity of `buf`; 0 at end of file.
+/// Bytes one read may take from a socket (the size of the shard's scratch buffer).
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads what is available and appends it to `buf`; 0 at end of file.
+///
+/// The read goes into the shard's one scratch buffer and only the bytes received are
+/// copied into the connection's buffer: glommio's socket reads are readiness-based (the
+/// buffer is used only inside `poll_read`), so one scratch buffer serves every connection,
+/// and an idle connection holds no read buffer beyond its partial packet.
 async fn read_some<R: futures_lite::AsyncRead + Unpin>(
+    scratch: &RefCell<Box<[u8]>>,
     stream: &mut R,
     buf: &mut BytesMut,
 ) -> Result<usize, FirstPacketError> {
-    const READ_CHUNK_BYTES: usize = 16 * 1024;
-    let len = buf.len();
-    buf.resize(len + READ_CHUNK_BYTES, 0);
-    match stream.read(&mut buf[len..]).await {
-        Ok(n) => {
-            buf.truncate(len + n);
-            Ok(n)
+    let result = futures_lite::future::poll_fn(|cx| {
+        let mut scratch = scratch.borrow_mut();
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+            std::task::Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+            other => other,
         }
-        Err(error) => {
-            tracing::debug!(%error, "read failed");
-            buf.truncate(len);
-            Err(FirstPacketError::Io)
-        }
-    }
+    })
+    .await;
+    result.map_err(|error| {
+        tracing::debug!(%error, "read failed");
+        FirstPacketError::Io
+    })
 }
 
 /// Serves a connection owned by this shard: CONNECT goes to the core, then a reader
 /// loop here and a writer task beside it.
-async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, mut buf: BytesMut) {
+///
+/// The socket and the CONNECT come boxed: arguments of an async fn stay in its future for
+/// its whole life, and this future lives as long as the connection.
+async fn run_connection(
+    shard: Rc<Shard>,
+    stream: Box<TcpStream>,
+    connect: Box<Connect>,
+    mut buf: BytesMut,
+) {
     if shard.stopping.get() {
         return;
     }
@@ -656,11 +686,11 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
     let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
     shard.writers.borrow_mut().insert(conn_id, wake_tx);
     shard.open_connections.set(shard.open_connections.get() + 1);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (mut reader, mut writer) = futures_lite::io::split(*stream);
     // The core must know the connection before the writer first asks it for output
     // (a spawned task may run at once).
     let now = shard.now_ms();
-    shard.core.borrow_mut().connect(conn_id, connect, now);
+    shard.core.borrow_mut().connect(conn_id, *connect, now);
     if !buf.is_empty() {
         shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
     }
@@ -668,8 +698,8 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
     // The writer: everything the core produced since the last wake-up, in one write.
     let writer_task = {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut out = BytesMut::with_capacity(4096);
+        let writer_loop = async move {
+            let mut out = BytesMut::new();
             loop {
                 let state = shard.core.borrow_mut().take_output(conn_id, &mut out);
                 tracing::trace!(conn = conn_id.0, ?state, bytes = out.len(), "write");
@@ -695,13 +725,14 @@ async fn run_connection(shard: Rc<Shard>, stream: TcpStream, connect: Connect, m
             // reader half is alive until this shutdown wakes it.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             shard.core.borrow_mut().conn_closed(conn_id);
-        })
+        };
+        glommio::spawn_local(writer_loop)
     };
 
     shard.flush().await;
 
     loop {
-        let read = read_some(&mut reader, &mut buf).await;
+        let read = read_some(&shard.scratch, &mut reader, &mut buf).await;
         tracing::trace!(conn = conn_id.0, ok = ?read.as_ref().ok(), "read");
         match read {
             Ok(0) | Err(_) => break,
