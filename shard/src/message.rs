@@ -51,6 +51,19 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// The version of a retained-store update: a Lamport clock, then the shard that wrote it
+/// as a tie-break. Every shard keeps a topic's update only if it is newer than the one it
+/// holds, so the replicas agree however concurrent updates from different shards
+/// interleave on the mesh; an update sent after another was applied everywhere (an
+/// acknowledged retained publish) is always newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RetainedVersion {
+    /// The writer's clock: above every version it had seen.
+    pub clock: u64,
+    /// The shard that wrote it.
+    pub shard: ShardId,
+}
+
 /// A message between shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MeshMessage {
@@ -61,6 +74,8 @@ pub enum MeshMessage {
         message: Message,
         /// Answer `Ack` with this token once applied.
         ack: Option<Token>,
+        /// The retained-store update's version, set exactly when `message.retain`.
+        retained: Option<RetainedVersion>,
     },
     /// The sending shard gained (`add`) or lost its last local subscription to `filter`.
     Interest {

@@ -17,7 +17,7 @@ use crate::message::{owner_of, ConnId, MeshMessage, ShardId};
 use ahash::AHashMap;
 use bytes::BytesMut;
 use cutie_codec::{ConnAck, Connect, DecodeError, Decoder, Packet};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,

@@ -6,8 +6,8 @@
 //! their PUBREL so a re-sent PUBLISH is not routed twice. All of it is plain data that a
 //! later write-ahead log can record as it changes.
 
-use crate::message::{ConnId, Message};
-use ahash::{AHashMap, AHashSet};
+use crate::message::{ConnId, Message, Token};
+use ahash::AHashMap;
 use bytestring::ByteString;
 use cutie_codec::{LastWill, PacketId, QoS, TopicFilter};
 use std::collections::VecDeque;
@@ -72,8 +72,9 @@ pub struct Session {
     pub inflight: VecDeque<Inflight>,
     /// Outbound deliveries waiting for the window (or for the client), oldest first.
     pub queue: VecDeque<Queued>,
-    /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL.
-    pub inbound_qos2: AHashSet<PacketId>,
+    /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL, each with the
+    /// barrier its PUBREC waited for: a re-sent PUBLISH's PUBREC waits for it too.
+    pub inbound_qos2: AHashMap<PacketId, Option<Token>>,
     /// The next packet id to try for an outbound delivery.
     next_packet_id: PacketId,
 }
@@ -89,7 +90,7 @@ impl Session {
             will: None,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
-            inbound_qos2: AHashSet::new(),
+            inbound_qos2: AHashMap::new(),
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0")),
         }
     }
