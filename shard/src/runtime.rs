@@ -18,7 +18,7 @@ use ahash::AHashMap;
 use bytes::BytesMut;
 use cutie_codec::{ConnAck, Connect, DecodeError, Decoder, Packet};
 use futures_lite::AsyncWriteExt;
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
@@ -294,13 +294,51 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
     })
 }
 
+/// Wakes a connection's writer: a flag and one waker (a channel would cost a few hundred
+/// bytes per connection for the same job).
+#[derive(Default)]
+struct Notify {
+    notified: Cell<bool>,
+    closed: Cell<bool>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.notify();
+    }
+
+    /// Waits for a notification; false once closed.
+    async fn wait(&self) -> bool {
+        futures_lite::future::poll_fn(|cx| {
+            if self.closed.get() {
+                std::task::Poll::Ready(false)
+            } else if self.notified.replace(false) {
+                std::task::Poll::Ready(true)
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// One shard's runtime state, shared by its tasks (single thread: `Rc`/`RefCell`).
 struct Shard {
     id: ShardId,
     config: RuntimeConfig,
     core: RefCell<ShardCore>,
     senders: Vec<Option<ConnectedSender<Envelope>>>,
-    writers: RefCell<AHashMap<ConnId, LocalSender<()>>>,
+    writers: RefCell<AHashMap<ConnId, Rc<Notify>>>,
     next_conn: Cell<u64>,
     open_connections: Cell<usize>,
     start: Instant,
@@ -332,8 +370,7 @@ impl Shard {
         let writers = self.writers.borrow();
         for conn_id in woken {
             if let Some(writer) = writers.get(&conn_id) {
-                // Full means a wake-up is already pending, which is all we need.
-                let _ = writer.try_send(());
+                writer.notify();
             }
         }
         mesh
@@ -683,8 +720,8 @@ async fn run_connection(
     }
     let conn_id = shard.next_conn_id();
     let fd = stream.as_raw_fd();
-    let (wake_tx, wake_rx) = local_channel::new_bounded::<()>(1);
-    shard.writers.borrow_mut().insert(conn_id, wake_tx);
+    let notify = Rc::new(Notify::default());
+    shard.writers.borrow_mut().insert(conn_id, notify.clone());
     shard.open_connections.set(shard.open_connections.get() + 1);
     let (mut reader, mut writer) = futures_lite::io::split(*stream);
     // The core must know the connection before the writer first asks it for output
@@ -713,7 +750,7 @@ async fn run_connection(
                 }
                 match state {
                     OutputState::Open => {
-                        if wake_rx.recv().await.is_none() {
+                        if !notify.wait().await {
                             break;
                         }
                     }
@@ -750,7 +787,9 @@ async fn run_connection(
     shard.core.borrow_mut().connection_lost(conn_id, now);
     shard.flush().await;
     // Closing the wake channel ends the writer if it is still waiting.
-    shard.writers.borrow_mut().remove(&conn_id);
+    if let Some(notify) = shard.writers.borrow_mut().remove(&conn_id) {
+        notify.close();
+    }
     writer_task.await;
     shard.open_connections.set(shard.open_connections.get() - 1);
 }
