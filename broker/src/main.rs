@@ -119,6 +119,7 @@ fn run(config: &Config) -> Result<(), String> {
             inflight_max: config.limits.max_inflight,
             queued_max: config.limits.max_queued_messages,
             outbound_buffer_bytes_max: config.limits.outbound_buffer_bytes_max,
+            ..Limits::default()
         },
     };
     let broker = cutie_shard::start(runtime).map_err(|e| e.to_string())?;

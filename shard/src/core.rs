@@ -42,6 +42,21 @@ pub struct Limits {
     pub queued_max: usize,
     /// Bytes waiting to be written to one connection above which QoS 0 deliveries are dropped.
     pub outbound_buffer_bytes_max: usize,
+    /// A session that acknowledged nothing for this long while it had messages in flight
+    /// is stalled: publishers are no longer paced to it, its queue fills and then drops.
+    pub stall_ms: u64,
+}
+
+impl Limits {
+    /// Queue length from which publishers are paced to a live session (half the queue).
+    pub fn queue_high_watermark(&self) -> usize {
+        (self.queued_max / 2).max(1)
+    }
+
+    /// Queue length under which paced publishers go on (a quarter of the queue).
+    pub fn queue_low_watermark(&self) -> usize {
+        self.queued_max / 4
+    }
 }
 
 impl Default for Limits {
@@ -51,6 +66,7 @@ impl Default for Limits {
             inflight_max: 32,
             queued_max: 1000,
             outbound_buffer_bytes_max: 1024 * 1024,
+            stall_ms: 1000,
         }
     }
 }
@@ -130,6 +146,11 @@ pub struct ShardCore {
     woken: Vec<ConnId>,
     match_scratch: Vec<(SessionKey, QoS)>,
     id_counter: u64,
+    /// The time of the latest call that passed one in.
+    now_ms: u64,
+    /// A live session whose queue passed its high watermark during the latest call: the
+    /// runtime paces the input that caused it (see [`ShardCore::take_pressure`]).
+    pressure: Option<SessionKey>,
     /// Counters, read by the runtime.
     pub stats: ShardStats,
 }
@@ -157,6 +178,8 @@ impl ShardCore {
             woken: Vec::new(),
             match_scratch: Vec::new(),
             id_counter: 0,
+            now_ms: 0,
+            pressure: None,
             stats: ShardStats::default(),
         }
     }
@@ -236,6 +259,7 @@ impl ShardCore {
     /// Answers CONNACK. Returns whether the connection was accepted; if not, it is
     /// already closing.
     pub fn connect(&mut self, conn_id: ConnId, connect: Connect, now_ms: u64) -> bool {
+        self.now_ms = self.now_ms.max(now_ms);
         let mut conn = Conn {
             session: None,
             decoder: Decoder::new(self.limits.packet_size_max),
@@ -307,6 +331,7 @@ impl ShardCore {
         session.clean_session = connect.clean_session;
         session.will = connect.will;
         session.conn = Some(conn_id);
+        session.last_progress_ms = self.now_ms;
         conn.session = Some(key);
         Packet::ConnAck(ConnAck {
             session_present,
@@ -325,6 +350,7 @@ impl ShardCore {
     /// leaving an incomplete tail. A malformed packet or a protocol violation closes the
     /// connection (its will is published).
     pub fn handle_bytes(&mut self, conn_id: ConnId, buf: &mut BytesMut, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         loop {
             let Some(conn) = self.conns.get_mut(&conn_id) else {
                 buf.clear();
@@ -364,6 +390,7 @@ impl ShardCore {
 
     /// Periodic work: keep-alive expiry [MQTT-3.1.2-24].
     pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let mut expired: Vec<ConnId> = self
             .conns
             .iter()
@@ -552,6 +579,7 @@ impl ShardCore {
 
     fn handle_pubrec(&mut self, conn_id: ConnId, key: SessionKey, packet_id: PacketId) {
         let session = &mut self.sessions[key];
+        session.last_progress_ms = self.now_ms;
         match session.inflight_position(packet_id) {
             Some(pos) if session.inflight[pos].state != OutboundState::AwaitingPubAck => {
                 session.inflight[pos].state = OutboundState::AwaitingPubComp;
@@ -563,6 +591,7 @@ impl ShardCore {
 
     fn complete_outbound(&mut self, key: SessionKey, packet_id: PacketId, state: OutboundState) {
         let session = &mut self.sessions[key];
+        session.last_progress_ms = self.now_ms;
         match session.inflight_position(packet_id) {
             Some(pos) if session.inflight[pos].state == state => {
                 session.inflight.remove(pos);
@@ -896,6 +925,40 @@ impl ShardCore {
             message: outgoing(),
         });
         self.pump(key);
+        if self.is_congested_above(key, self.limits.queue_high_watermark()) {
+            self.pressure = Some(key);
+        }
+    }
+
+    /// Whether `key` is a live session (online, acknowledging within `stall_ms`) whose
+    /// queue holds at least `len` messages.
+    fn is_congested_above(&self, key: SessionKey, len: usize) -> bool {
+        self.sessions.get(key).is_some_and(|session| {
+            session.conn.is_some()
+                && session.queue.len() >= len.max(1)
+                && self.now_ms.saturating_sub(session.last_progress_ms) < self.limits.stall_ms
+        })
+    }
+
+    /// A live session that the latest calls pushed past its queue's high watermark, if
+    /// any. The runtime then stops taking input from the source of those messages (the
+    /// publisher's socket, or the mesh channel from its shard) until
+    /// [`ShardCore::is_congested`] turns false: a slow subscriber paces its publishers
+    /// instead of losing what they sent, while a stalled one does not slow anyone.
+    pub fn take_pressure(&mut self) -> Option<SessionKey> {
+        self.pressure.take()
+    }
+
+    /// Whether a paced publisher should keep waiting for `key` (see
+    /// [`ShardCore::take_pressure`]): the session is still live and its queue is still
+    /// above the low watermark.
+    pub fn is_congested(&self, key: SessionKey, now_ms: u64) -> bool {
+        let now_ms = self.now_ms.max(now_ms);
+        self.sessions.get(key).is_some_and(|session| {
+            session.conn.is_some()
+                && session.queue.len() > self.limits.queue_low_watermark()
+                && now_ms.saturating_sub(session.last_progress_ms) < self.limits.stall_ms
+        })
     }
 
     fn count_drop(&mut self, reason: DropReason) {

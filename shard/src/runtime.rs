@@ -332,6 +332,35 @@ impl Notify {
     }
 }
 
+/// Wakes every task waiting for session queues to drain (paced publishers).
+#[derive(Default)]
+struct Drained {
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Drained {
+    fn wake_all(&self) {
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resolves at the next `wake_all`.
+    async fn wait(&self) {
+        let mut registered = false;
+        futures_lite::future::poll_fn(|cx| {
+            if registered {
+                std::task::Poll::Ready(())
+            } else {
+                registered = true;
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// One shard's runtime state, shared by its tasks (single thread: `Rc`/`RefCell`).
 struct Shard {
     id: ShardId,
@@ -343,6 +372,8 @@ struct Shard {
     open_connections: Cell<usize>,
     start: Instant,
     stopping: Cell<bool>,
+    /// Signalled after every read: acknowledgements may have drained a paced queue.
+    drained: Drained,
     /// The buffer every socket read of this shard goes through (see `read_some`).
     scratch: RefCell<Box<[u8]>>,
 }
@@ -383,6 +414,23 @@ impl Shard {
             // Boxed: the send future is large and rarely alive; inline it would grow every
             // connection's task by its size.
             Box::pin(self.send_mesh(mesh)).await;
+        }
+    }
+
+    /// Pacing: if the latest input pushed a live session's queue past its high
+    /// watermark, take no more input from this source until it drains (or the session
+    /// stalls or goes away). The waits are re-checked after every read of the shard,
+    /// and at least every 50 ms, since stalling is a matter of time.
+    async fn pace(&self) {
+        let Some(key) = self.core.borrow_mut().take_pressure() else {
+            return;
+        };
+        self.core.borrow_mut().stats.paced_total += 1;
+        while self.core.borrow().is_congested(key, self.now_ms()) {
+            futures_lite::future::or(self.drained.wait(), async {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            })
+            .await;
         }
     }
 
@@ -461,6 +509,7 @@ async fn run_shard(
         start: Instant::now(),
         stopping: Cell::new(false),
         scratch: RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice()),
+        drained: Drained::default(),
         config,
     });
 
@@ -472,6 +521,9 @@ async fn run_shard(
                     Envelope::Core(message) => {
                         shard.core.borrow_mut().handle_mesh(from, message);
                         shard.flush_nowait();
+                        // Pacing the mesh channel fills it, which paces the publisher
+                        // on the other shard.
+                        shard.pace().await;
                         futures_lite::future::yield_now().await;
                     }
                     Envelope::HandOff(handoff) => {
@@ -777,6 +829,8 @@ async fn run_connection(
                 let now = shard.now_ms();
                 shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
                 shard.flush().await;
+                shard.drained.wake_all();
+                shard.pace().await;
                 // A socket with data always ready would otherwise never yield: let the
                 // writers (and other readers) of this shard run between reads.
                 futures_lite::future::yield_now().await;

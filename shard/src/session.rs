@@ -75,6 +75,9 @@ pub struct Session {
     /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL, each with the
     /// barrier its PUBREC waited for: a re-sent PUBLISH's PUBREC waits for it too.
     pub inbound_qos2: AHashMap<PacketId, Option<Token>>,
+    /// When the client last acknowledged an outbound delivery (PUBACK, PUBREC, PUBCOMP),
+    /// or connected; tells a slow consumer (paced) from a dead one (dropped for).
+    pub last_progress_ms: u64,
     /// The next packet id to try for an outbound delivery.
     next_packet_id: PacketId,
 }
@@ -91,6 +94,7 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             inbound_qos2: AHashMap::new(),
+            last_progress_ms: 0,
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0")),
         }
     }

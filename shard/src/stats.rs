@@ -38,6 +38,8 @@ pub struct ShardStats {
     pub takeovers_total: u64,
     /// Will messages published.
     pub wills_published_total: u64,
+    /// Times a publisher (or a mesh channel) was paced to a slow but live subscriber.
+    pub paced_total: u64,
     /// Acknowledgements for packet ids the session does not know (counted, answered or ignored).
     pub unknown_packet_id_total: u64,
 }
