@@ -130,7 +130,8 @@ pub struct RuntimeConfig {
     pub io_memory_bytes: usize,
     /// Entries in each io_uring ring; a power of two.
     pub ring_depth: usize,
-    /// Messages each shard-to-shard channel holds before the sender waits.
+    /// Batches each shard-to-shard channel holds before the sender waits (a batch is
+    /// what one read or tick produced for that shard).
     pub mesh_channel_capacity: usize,
 }
 
@@ -184,7 +185,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             io_memory_bytes: 512 * 1024,
             ring_depth: 128,
-            mesh_channel_capacity: 1024,
+            mesh_channel_capacity: 128,
         }
     }
 }
@@ -800,7 +801,7 @@ mod tests {
         assert_eq!(config.limits.outbound_buffer_bytes_max, 1_048_576);
         assert_eq!(config.runtime.io_memory_bytes, 512 * 1024);
         assert_eq!(config.runtime.ring_depth, 128);
-        assert_eq!(config.runtime.mesh_channel_capacity, 1024);
+        assert_eq!(config.runtime.mesh_channel_capacity, 128);
         assert_eq!(config.validate(), Ok(()));
     }
 

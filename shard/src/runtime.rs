@@ -88,7 +88,8 @@ pub enum Control {
 /// handed to its owner shard.
 #[derive(Debug)]
 enum Envelope {
-    Core(MeshMessage),
+    /// Messages for the core, in order (one flush's worth for this shard).
+    Core(Vec<MeshMessage>),
     HandOff(HandOff),
 }
 
@@ -390,7 +391,10 @@ impl Shard {
     }
 
     /// Wakes writers with new output and collects messages for other shards.
-    fn collect_effects(&self) -> Vec<(ShardId, MeshMessage)> {
+    ///
+    /// Messages for one shard go as one batch: one channel slot and at most one wake-up
+    /// of the peer (an eventfd write) per flush, not per message.
+    fn collect_effects(&self) -> Vec<(ShardId, Vec<MeshMessage>)> {
         let mut woken = Vec::new();
         let mut mesh = Vec::new();
         {
@@ -404,7 +408,14 @@ impl Shard {
                 writer.notify();
             }
         }
-        mesh
+        let mut batches: Vec<(ShardId, Vec<MeshMessage>)> = Vec::new();
+        for (to, message) in mesh {
+            match batches.iter_mut().find(|(shard, _)| *shard == to) {
+                Some((_, batch)) => batch.push(message),
+                None => batches.push((to, vec![message])),
+            }
+        }
+        batches
     }
 
     /// Applies effects, waiting for room in mesh channels (backpressure).
@@ -434,7 +445,7 @@ impl Shard {
         }
     }
 
-    async fn send_mesh(&self, mesh: Vec<(ShardId, MeshMessage)>) {
+    async fn send_mesh(&self, mesh: Vec<(ShardId, Vec<MeshMessage>)>) {
         for (to, message) in mesh {
             if let Some(sender) = &self.senders[to.index()] {
                 if sender.send(Envelope::Core(message)).await.is_err() {
@@ -518,8 +529,13 @@ async fn run_shard(
         glommio::spawn_local(async move {
             while let Some(envelope) = rx.recv().await {
                 match envelope {
-                    Envelope::Core(message) => {
-                        shard.core.borrow_mut().handle_mesh(from, message);
+                    Envelope::Core(batch) => {
+                        {
+                            let mut core = shard.core.borrow_mut();
+                            for message in batch {
+                                core.handle_mesh(from, message);
+                            }
+                        }
                         shard.flush_nowait();
                         // Pacing the mesh channel fills it, which paces the publisher
                         // on the other shard.
