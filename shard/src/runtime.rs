@@ -598,7 +598,12 @@ async fn run_shard(
     loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         let now = shard.now_ms();
-        shard.core.borrow_mut().tick(now);
+        {
+            let mut core = shard.core.borrow_mut();
+            core.tick(now);
+            // Wills published by expiries are not an input source that can be paced.
+            let _ = core.take_pressure();
+        }
         shard.flush().await;
         if let Ok(Control::Shutdown) = control.try_recv() {
             break;
@@ -795,7 +800,12 @@ async fn run_connection(
     // The core must know the connection before the writer first asks it for output
     // (a spawned task may run at once).
     let now = shard.now_ms();
-    shard.core.borrow_mut().connect(conn_id, *connect, now);
+    {
+        let mut core = shard.core.borrow_mut();
+        core.connect(conn_id, *connect, now);
+        // A takeover's will is not this connection's input: nothing to pace.
+        let _ = core.take_pressure();
+    }
     if !buf.is_empty() {
         shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
     }
