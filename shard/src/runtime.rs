@@ -496,6 +496,23 @@ async fn run_shard(
         (0..n).map(|_| None).collect();
     let mut connected_receivers: Vec<(ShardId, ConnectedReceiver<Envelope>)> = Vec::new();
     let me = id.index();
+    // glommio 0.9 can park an executor whose task queue is still runnable: when the
+    // preemption timer has expired before `run_task_queues` ran anything (a thread kept
+    // off the CPU for 100 ms, e.g. many shards spinning in these rendezvous on few
+    // cores), it returns "nothing ran" and the executor sleeps in io_uring with this
+    // task queued (fixed upstream in glommio/glommio#53). Nothing else wakes a shard
+    // while its mesh connects, so one stuck there never serves; keep a timer armed
+    // until the mesh is up (afterwards the tick loop's timer does it).
+    let connecting = Rc::new(Cell::new(true));
+    {
+        let connecting = connecting.clone();
+        glommio::spawn_local(async move {
+            while connecting.get() {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .detach();
+    }
     for (from, to) in (0..n).flat_map(|from| (0..n).map(move |to| (from, to))) {
         if from == me && to != me {
             if let Some(tx) = senders[to].take() {
@@ -508,6 +525,7 @@ async fn run_shard(
             }
         }
     }
+    connecting.set(false);
 
     let limits = config.limits.clone();
     let shard = Rc::new(Shard {
