@@ -303,7 +303,7 @@ impl ShardCore {
         if let Some(&key) = self.session_index.get(&client_id) {
             if let Some(old_conn) = self.sessions[key].conn {
                 self.stats.takeovers_total += 1;
-                self.close_conn(old_conn, true, now_ms);
+                self.close_conn(old_conn, true);
             }
         }
         let key = match self.session_index.get(&client_id).copied() {
@@ -362,12 +362,12 @@ impl ShardCore {
             }
             conn.last_seen_ms = now_ms;
             match conn.decoder.decode(buf) {
-                Ok(Some(packet)) => self.handle_packet(conn_id, packet, now_ms),
+                Ok(Some(packet)) => self.handle_packet(conn_id, packet),
                 Ok(None) => return,
                 Err(error) => {
                     tracing::debug!(conn = conn_id.0, %error, "malformed packet, closing");
                     self.stats.protocol_errors_total += 1;
-                    self.close_conn(conn_id, true, now_ms);
+                    self.close_conn(conn_id, true);
                     buf.clear();
                     return;
                 }
@@ -377,8 +377,9 @@ impl ShardCore {
 
     /// The socket of `conn_id` failed or reached end of file without DISCONNECT.
     pub fn connection_lost(&mut self, conn_id: ConnId, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         if self.conns.get(&conn_id).is_some_and(|c| !c.closing) {
-            self.close_conn(conn_id, true, now_ms);
+            self.close_conn(conn_id, true);
         }
         self.conns.remove(&conn_id);
     }
@@ -407,16 +408,17 @@ impl ShardCore {
         for conn_id in expired {
             tracing::debug!(conn = conn_id.0, "keep-alive expired");
             self.stats.keep_alive_expired_total += 1;
-            self.close_conn(conn_id, true, now_ms);
+            self.close_conn(conn_id, true);
         }
     }
 
     /// Closes every connection (broker shutdown). Wills are not published: the client
     /// did nothing wrong, and persistent sessions stay.
     pub fn close_all(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn_id in ids {
-            self.close_conn(conn_id, false, now_ms);
+            self.close_conn(conn_id, false);
         }
     }
 
@@ -495,7 +497,7 @@ impl ShardCore {
 
     // ----- packets ------------------------------------------------------------------
 
-    fn handle_packet(&mut self, conn_id: ConnId, packet: Packet, now_ms: u64) {
+    fn handle_packet(&mut self, conn_id: ConnId, packet: Packet) {
         let Some(key) = self.conns.get(&conn_id).and_then(|c| c.session) else {
             return;
         };
@@ -522,13 +524,13 @@ impl ShardCore {
             Packet::Disconnect => {
                 // A clean disconnect discards the will [MQTT-3.14.4-3].
                 self.sessions[key].will = None;
-                self.close_conn(conn_id, false, now_ms);
+                self.close_conn(conn_id, false);
             }
             Packet::Connect(_) => {
                 // A second CONNECT is a protocol violation [MQTT-3.1.0-2].
                 tracing::debug!(conn = conn_id.0, "second CONNECT, closing");
                 self.stats.protocol_errors_total += 1;
-                self.close_conn(conn_id, true, now_ms);
+                self.close_conn(conn_id, true);
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 tracing::debug!(
@@ -536,7 +538,7 @@ impl ShardCore {
                     "server-to-client packet from a client, closing"
                 );
                 self.stats.protocol_errors_total += 1;
-                self.close_conn(conn_id, true, now_ms);
+                self.close_conn(conn_id, true);
             }
         }
     }
@@ -723,8 +725,7 @@ impl ShardCore {
 
     /// Detaches and closes a connection. Publishes its will if `publish_will`; ends the
     /// session if it was a clean one.
-    fn close_conn(&mut self, conn_id: ConnId, publish_will: bool, now_ms: u64) {
-        let _ = now_ms;
+    fn close_conn(&mut self, conn_id: ConnId, publish_will: bool) {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };

@@ -121,7 +121,7 @@ impl Session {
         self.inflight.len() < usize::from(inflight_max)
     }
 
-    /// Highest granted QoS among this session's subscriptions (for tests and stats).
+    /// Number of this session's subscriptions.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }
