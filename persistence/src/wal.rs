@@ -100,6 +100,10 @@ struct OpenSegment<F> {
     name: String,
     len_bytes: u64,
     records: u64,
+    /// Bytes were appended since the last `fdatasync`.
+    dirty: bool,
+    /// The directory entry is durable (the directory was synced after the create).
+    name_durable: bool,
 }
 
 /// Snapshots are written in chunks of about this size: bounded memory for any state size.
@@ -119,6 +123,8 @@ pub struct Wal<S: Storage> {
     pending_records: u64,
     /// LSN of the last record appended.
     last_lsn: Lsn,
+    /// LSN of the last record written to its segment (durable or not).
+    written_lsn: Lsn,
     /// LSN of the last record made durable.
     durable_lsn: Lsn,
     /// LSN of the newest snapshot on disk (`Lsn::ZERO`: none).
@@ -144,6 +150,7 @@ impl<S: Storage> Wal<S> {
             pending: Vec::new(),
             pending_records: 0,
             last_lsn,
+            written_lsn: last_lsn,
             durable_lsn: last_lsn,
             snapshot_lsn,
             health: Health::Healthy,
@@ -257,20 +264,49 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Makes every appended record durable: one write and one `fdatasync` for the whole
-    /// batch (group commit). Returns the durable LSN. With nothing pending it does no I/O.
+    /// batch (group commit). Returns the durable LSN. With nothing pending and nothing
+    /// written unsynced it does no I/O.
     ///
     /// On error nothing of the batch may be relied on (some of it may survive a crash) and
     /// the log is unhealthy.
     pub fn commit(&mut self) -> Result<Lsn, Error> {
+        self.write()?;
+        self.sync()
+    }
+
+    /// Writes every appended record to the current segment without `fdatasync`: the
+    /// records survive a crash of the process (the kernel holds them) but not of the
+    /// machine until [`sync`](Self::sync) (durability modes `batch` and `none`). Returns
+    /// the LSN written. With nothing pending it does no I/O.
+    ///
+    /// On error the log is unhealthy, as for [`commit`](Self::commit).
+    pub fn write(&mut self) -> Result<Lsn, Error> {
         self.check_healthy()?;
         if self.pending.is_empty() {
-            return Ok(self.durable_lsn);
+            return Ok(self.written_lsn);
         }
         match self.write_pending() {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_records = 0;
-                self.durable_lsn = self.last_lsn;
+                self.written_lsn = self.last_lsn;
+                Ok(self.written_lsn)
+            }
+            Err(error) => {
+                self.fail(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// `fdatasync` of what [`write`](Self::write) wrote (and a directory sync if the
+    /// segment is new). Returns the durable LSN; records appended but not written stay
+    /// pending.
+    pub fn sync(&mut self) -> Result<Lsn, Error> {
+        self.check_healthy()?;
+        match self.sync_segment() {
+            Ok(()) => {
+                self.durable_lsn = self.written_lsn;
                 Ok(self.durable_lsn)
             }
             Err(error) => {
@@ -278,6 +314,36 @@ impl<S: Storage> Wal<S> {
                 Err(error)
             }
         }
+    }
+
+    /// LSN of the last record written to a segment, synced or not.
+    #[must_use]
+    pub fn written_lsn(&self) -> Lsn {
+        self.written_lsn
+    }
+
+    fn sync_segment(&mut self) -> Result<(), Error> {
+        let Some(segment) = self.segment.as_mut() else {
+            return Ok(());
+        };
+        if segment.dirty {
+            self.storage.sync(&mut segment.file).map_err(Error::io(
+                "sync",
+                &self.dir,
+                &segment.name,
+            ))?;
+            segment.dirty = false;
+        }
+        if !segment.name_durable {
+            // The new file's name must be durable before its records count as committed.
+            self.storage.sync_dir(&self.dir).map_err(Error::io(
+                "sync directory",
+                &self.dir,
+                ".",
+            ))?;
+            segment.name_durable = true;
+        }
+        Ok(())
     }
 
     fn write_pending(&mut self) -> Result<(), Error> {
@@ -289,11 +355,12 @@ impl<S: Storage> Wal<S> {
                     && segment.len_bytes + batch_bytes > self.options.segment_bytes_max
             }
         };
-        let mut created = false;
         if rotate {
-            // The old segment's last commit synced it whole: it is sealed as it is.
+            // A segment is sealed synced: only the newest segment may hold unsynced bytes.
+            self.sync_segment()?;
+            self.durable_lsn = self.written_lsn;
             self.segment = None;
-            let first = self.durable_lsn.next();
+            let first = self.written_lsn.next();
             let name = segment_name(first);
             let mut file = self
                 .storage
@@ -313,9 +380,10 @@ impl<S: Storage> Wal<S> {
                 name,
                 len_bytes: FILE_HEADER_BYTES as u64,
                 records: 0,
+                dirty: true,
+                name_durable: false,
             });
             opened.map_err(Error::io("append header", &self.dir, &segment_name(first)))?;
-            created = true;
             debug!(dir = %self.dir, first = %first, "new segment");
         }
         let Some(segment) = self.segment.as_mut() else {
@@ -324,19 +392,7 @@ impl<S: Storage> Wal<S> {
         self.storage
             .append(&mut segment.file, &self.pending)
             .map_err(Error::io("append", &self.dir, &segment.name))?;
-        self.storage.sync(&mut segment.file).map_err(Error::io(
-            "sync",
-            &self.dir,
-            &segment.name,
-        ))?;
-        if created {
-            // The new file's name must be durable before its records count as committed.
-            self.storage.sync_dir(&self.dir).map_err(Error::io(
-                "sync directory",
-                &self.dir,
-                ".",
-            ))?;
-        }
+        segment.dirty = true;
         segment.len_bytes += batch_bytes;
         segment.records += self.pending_records;
         Ok(())
