@@ -28,6 +28,7 @@ use cutie_codec::{
     PublishQos, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, TopicFilter, TopicName,
     Unsubscribe,
 };
+use cutie_persistence::{DurableState, InflightPhase, Record};
 use slab::Slab;
 use std::collections::VecDeque;
 
@@ -67,6 +68,68 @@ impl Default for Limits {
             queued_max: 1000,
             outbound_buffer_bytes_max: 1024 * 1024,
             stall_ms: 1000,
+        }
+    }
+}
+
+/// When acknowledgements wait for the write-ahead log (config `durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or CONNACK that depends on a record
+    /// is sent only after the record is synced (`fdatasync`); outbound QoS 2 PUBLISH and
+    /// PUBREL only after their `MessageSent` / `MessageReleased`.
+    Sync,
+    /// Records are written at once and synced periodically; acknowledgements do not wait.
+    Batch,
+    /// Records are written at once and never synced by the broker; acknowledgements do
+    /// not wait.
+    None,
+}
+
+/// The shard's side of its write-ahead log: records produced, not yet handed to the log,
+/// and what waits for them to be committed. Sequence numbers count records since start
+/// (`appended`); the runtime reports how far the log has committed (`committed`).
+#[derive(Debug)]
+struct Log {
+    durability: Durability,
+    records: Vec<Record>,
+    appended: u64,
+    committed: u64,
+    /// Mesh acknowledgements held until the records before them are committed.
+    mesh_acks: VecDeque<(u64, ShardId, Token)>,
+    /// Connections with output held by a gate.
+    gated: Vec<ConnId>,
+    /// False after a write or sync failed: QoS 1/2 publishes are refused.
+    healthy: bool,
+}
+
+impl Log {
+    /// Whether acknowledgements produced now must wait for a commit.
+    fn must_wait(&self) -> bool {
+        self.durability == Durability::Sync && self.appended > self.committed
+    }
+}
+
+/// Appends a record when the shard logs.
+fn log_record(log: &mut Option<Log>, record: impl FnOnce() -> Record) {
+    if let Some(log) = log {
+        log.records.push(record());
+        log.appended += 1;
+    }
+}
+
+/// Holds `conn`'s output from here on until the log has committed everything appended so
+/// far (durability `sync` only).
+fn gate_output(log: &mut Option<Log>, conn_id: ConnId, conn: &mut Conn) {
+    let Some(log) = log else { return };
+    if !log.must_wait() {
+        return;
+    }
+    match &mut conn.gate {
+        Some((_, seq)) => *seq = log.appended,
+        None => {
+            conn.gate = Some((conn.out.len(), log.appended));
+            log.gated.push(conn_id);
         }
     }
 }
@@ -111,6 +174,9 @@ struct Conn {
     /// Acknowledgements in the order the client is owed them; an entry with a pending
     /// token blocks the ones behind it [MQTT-4.6.0-2].
     deferred: VecDeque<(Option<Token>, Deferred)>,
+    /// Output from this offset of `out` on waits until the log has committed this
+    /// record sequence number (durability `sync`).
+    gate: Option<(usize, u64)>,
 }
 
 /// One shard's protocol state. See the module docs.
@@ -151,6 +217,8 @@ pub struct ShardCore {
     /// A live session whose queue passed its high watermark during the latest call: the
     /// runtime paces the input that caused it (see [`ShardCore::take_pressure`]).
     pressure: Option<SessionKey>,
+    /// The write-ahead log's side in the core; `None`: nothing is logged.
+    log: Option<Log>,
     /// Counters, read by the runtime.
     pub stats: ShardStats,
 }
@@ -180,8 +248,240 @@ impl ShardCore {
             id_counter: 0,
             now_ms: 0,
             pressure: None,
+            log: None,
             stats: ShardStats::default(),
         }
+    }
+
+    /// Logs persistent sessions and retained messages (see [`ShardCore::take_records`]),
+    /// acknowledging as `durability` says.
+    pub fn with_durability(mut self, durability: Durability) -> ShardCore {
+        self.log = Some(Log {
+            durability,
+            records: Vec::new(),
+            appended: 0,
+            committed: 0,
+            mesh_acks: VecDeque::new(),
+            gated: Vec::new(),
+            healthy: true,
+        });
+        self
+    }
+
+    /// Rebuilds the persistent sessions and the retained messages this shard owns from
+    /// its recovered log. Call once, before any connection; every peer must restore
+    /// before clients connect (the subscriptions are announced over the mesh and the
+    /// retained messages replicated: see [`ShardCore::drain_mesh`]). Entries that no
+    /// longer parse (a topic this build rejects) are skipped, logged and counted.
+    pub fn restore(&mut self, state: &DurableState) {
+        for (client_id, stored) in state.sessions() {
+            let mut session = Session::new(ByteString::from(client_id.as_str()), false);
+            let mut filters = Vec::new();
+            for (filter, qos) in stored.subscriptions() {
+                match (
+                    TopicFilter::new(filter.as_str()),
+                    QoS::from_u8(*qos).ok_or(()),
+                ) {
+                    (Ok(filter), Ok(qos)) => {
+                        session.subscriptions.insert(filter.clone(), qos);
+                        filters.push((filter, qos));
+                    }
+                    _ => self.skip_restored("subscription", client_id, filter),
+                }
+            }
+            let mut last_id = 0;
+            for (packet_id, inflight) in stored.inflight_in_order() {
+                let (Some(message), Some(packet_id)) = (
+                    self.restored_message(client_id, &inflight.message),
+                    PacketId::new(packet_id),
+                ) else {
+                    continue;
+                };
+                let state = match (inflight.phase, message.qos) {
+                    (InflightPhase::Released, _) => OutboundState::AwaitingPubComp,
+                    (_, QoS::ExactlyOnce) => OutboundState::AwaitingPubRec,
+                    _ => OutboundState::AwaitingPubAck,
+                };
+                last_id = last_id.max(inflight.message.message_id);
+                session.inflight.push_back(Inflight {
+                    packet_id,
+                    message,
+                    state,
+                    message_id: inflight.message.message_id,
+                });
+            }
+            for stored_message in stored.queue() {
+                if let Some(message) = self.restored_message(client_id, stored_message) {
+                    last_id = last_id.max(stored_message.message_id);
+                    session.queue.push_back(Queued {
+                        message,
+                        message_id: stored_message.message_id,
+                    });
+                }
+            }
+            session.next_message_id = last_id + 1;
+            for packet_id in stored.inbound_qos2() {
+                if let Some(packet_id) = PacketId::new(*packet_id) {
+                    session.inbound_qos2.insert(packet_id, None);
+                }
+            }
+            let key = self.sessions.insert(session);
+            self.session_index
+                .insert(ByteString::from(client_id.as_str()), key);
+            self.stats.sessions_current += 1;
+            for (filter, qos) in filters {
+                self.subscriptions.insert(&filter, key, qos);
+                if self.add_local_filter(&filter) {
+                    self.broadcast(|| MeshMessage::Interest {
+                        filter: filter.clone(),
+                        add: true,
+                        ack: None,
+                    });
+                }
+            }
+        }
+        for (topic, retained) in state.retained() {
+            let (Ok(topic), Ok(qos)) = (
+                TopicName::new(topic.as_str()),
+                QoS::from_u8(retained.qos).ok_or(()),
+            ) else {
+                self.skip_restored("retained message", "", topic);
+                continue;
+            };
+            let message = Message {
+                topic,
+                payload: bytes::Bytes::from(retained.payload.clone()),
+                qos,
+                retain: true,
+            };
+            self.retained_clock += 1;
+            let version = RetainedVersion {
+                clock: self.retained_clock,
+                shard: self.id,
+            };
+            self.retained
+                .insert(message.topic.clone(), (version, Some(message.clone())));
+            self.broadcast(|| MeshMessage::Retained {
+                message: message.clone(),
+                version,
+            });
+        }
+    }
+
+    fn restored_message(
+        &mut self,
+        client_id: &str,
+        stored: &cutie_persistence::Message,
+    ) -> Option<Message> {
+        match (
+            TopicName::new(stored.topic.as_str()),
+            QoS::from_u8(stored.qos).ok_or(()),
+        ) {
+            (Ok(topic), Ok(qos)) => Some(Message {
+                topic,
+                payload: bytes::Bytes::from(stored.payload.clone()),
+                qos,
+                retain: stored.retain,
+            }),
+            _ => {
+                self.skip_restored("message", client_id, &stored.topic);
+                None
+            }
+        }
+    }
+
+    fn skip_restored(&mut self, what: &str, client_id: &str, topic: &str) {
+        tracing::warn!(shard = %self.id, client_id, topic, "skipping a recovered {what} this build cannot use");
+        self.stats.restore_skipped_total += 1;
+    }
+
+    /// Records produced since the last call, for the write-ahead log, and the sequence
+    /// number of the last one (pass it to [`ShardCore::records_committed`] once they are
+    /// committed).
+    pub fn take_records(&mut self, into: &mut Vec<Record>) -> u64 {
+        match &mut self.log {
+            Some(log) => {
+                into.append(&mut log.records);
+                log.appended
+            }
+            None => 0,
+        }
+    }
+
+    /// Whether records wait to be taken.
+    pub fn has_records(&self) -> bool {
+        self.log.as_ref().is_some_and(|log| !log.records.is_empty())
+    }
+
+    /// The log has committed every record up to sequence number `seq`: release the
+    /// output and mesh acknowledgements that waited for them.
+    pub fn records_committed(&mut self, seq: u64) {
+        let Some(log) = &mut self.log else { return };
+        log.committed = log.committed.max(seq);
+        let committed = log.committed;
+        while let Some(&(needed, to, token)) = log.mesh_acks.front() {
+            if needed > committed {
+                break;
+            }
+            log.mesh_acks.pop_front();
+            self.mesh_out.push((to, MeshMessage::Ack(token)));
+        }
+        let mut gated = std::mem::take(&mut log.gated);
+        gated.retain(|conn_id| {
+            let Some(conn) = self.conns.get_mut(conn_id) else {
+                return false;
+            };
+            match conn.gate {
+                Some((_, needed)) if needed > committed => true,
+                _ => {
+                    conn.gate = None;
+                    if !conn.woken {
+                        conn.woken = true;
+                        self.woken.push(*conn_id);
+                    }
+                    false
+                }
+            }
+        });
+        if let Some(log) = &mut self.log {
+            log.gated = gated;
+        }
+    }
+
+    /// Writing or syncing the log failed: what waits for a commit never gets it. QoS 1/2
+    /// publishes are refused from now on (the connection is closed without an
+    /// acknowledgement), QoS 0 keeps flowing. Connections with held acknowledgements are
+    /// closed: their clients resend after reconnecting.
+    pub fn log_failed(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if !log.healthy {
+            return;
+        }
+        log.healthy = false;
+        log.mesh_acks.clear();
+        let mut gated = std::mem::take(&mut log.gated);
+        gated.sort_unstable();
+        for conn_id in gated {
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                if let Some((offset, _)) = conn.gate.take() {
+                    conn.out.truncate(offset);
+                }
+            }
+            self.close_conn(conn_id, true);
+        }
+    }
+
+    /// The log was reopened and holds the shard's state again, as of record `seq`.
+    pub fn log_recovered(&mut self, seq: u64) {
+        if let Some(log) = &mut self.log {
+            log.healthy = true;
+        }
+        self.records_committed(seq);
+    }
+
+    /// Whether the log takes records (always true when nothing is logged).
+    pub fn log_healthy(&self) -> bool {
+        self.log.as_ref().is_none_or(|log| log.healthy)
     }
 
     /// This shard's id.
@@ -253,6 +553,16 @@ impl ShardCore {
             .and_then(|k| self.sessions.get(*k))
     }
 
+    /// Every session this shard holds (for tests and the admin API).
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter().map(|(_, session)| session)
+    }
+
+    /// Every retained message this shard holds (its replica of the whole store).
+    pub fn retained_messages(&self) -> impl Iterator<Item = &Message> {
+        self.retained.values().filter_map(|(_, m)| m.as_ref())
+    }
+
     // ----- connections --------------------------------------------------------------
 
     /// A connection whose CONNECT was read (by the runtime, on this or another shard).
@@ -269,6 +579,7 @@ impl ShardCore {
             keep_alive_limit_ms: u64::from(connect.keep_alive_secs) * 1500,
             last_seen_ms: now_ms,
             deferred: VecDeque::new(),
+            gate: None,
         };
 
         let refuse = |core: &mut ShardCore, mut conn: Conn, code: ConnectReturnCode| {
@@ -316,14 +627,24 @@ impl ShardCore {
         let key = match key {
             Some(key) => {
                 session_present = true;
+                if self.sessions[key].clean_session && !connect.clean_session {
+                    // A live clean session (taken over) becomes persistent: log it whole.
+                    self.sessions[key].clean_session = false;
+                    self.log_session(key);
+                }
                 key
             }
             None => {
                 let key = self
                     .sessions
                     .insert(Session::new(client_id.clone(), connect.clean_session));
-                self.session_index.insert(client_id, key);
+                self.session_index.insert(client_id.clone(), key);
                 self.stats.sessions_current += 1;
+                if !connect.clean_session {
+                    log_record(&mut self.log, || Record::SessionPut {
+                        client_id: client_id.to_string(),
+                    });
+                }
                 key
             }
         };
@@ -333,6 +654,7 @@ impl ShardCore {
         session.conn = Some(conn_id);
         session.last_progress_ms = self.now_ms;
         conn.session = Some(key);
+        gate_output(&mut self.log, conn_id, &mut conn);
         Packet::ConnAck(ConnAck {
             session_present,
             return_code: ConnectReturnCode::Accepted,
@@ -428,8 +750,21 @@ impl ShardCore {
         match self.conns.get_mut(&conn_id) {
             None => OutputState::Gone,
             Some(conn) => {
-                std::mem::swap(&mut conn.out, buf);
                 conn.woken = false;
+                if let Some((offset, _)) = conn.gate {
+                    if conn.closing {
+                        // Acknowledgements that never became durable are not sent.
+                        conn.out.truncate(offset);
+                        conn.gate = None;
+                    } else {
+                        // Only what precedes the gate may go now.
+                        buf.extend_from_slice(&conn.out[..offset]);
+                        let _ = conn.out.split_to(offset);
+                        conn.gate = Some((0, conn.gate.map_or(0, |(_, seq)| seq)));
+                        return OutputState::Open;
+                    }
+                }
+                std::mem::swap(&mut conn.out, buf);
                 if conn.closing {
                     OutputState::Close
                 } else {
@@ -463,8 +798,11 @@ impl ShardCore {
                 }
                 self.deliver_local(&message);
                 if let Some(token) = ack {
-                    self.mesh_out.push((from, MeshMessage::Ack(token)));
+                    self.ack_when_committed(from, token);
                 }
+            }
+            MeshMessage::Retained { message, version } => {
+                self.store_retained(&message, version);
             }
             MeshMessage::Interest { filter, add, ack } => {
                 if add {
@@ -495,6 +833,65 @@ impl ShardCore {
         }
     }
 
+    /// Acknowledges a mesh message to `to` once what handling it logged is committed
+    /// (at once when nothing waits for the log).
+    fn ack_when_committed(&mut self, to: ShardId, token: Token) {
+        match &mut self.log {
+            Some(log) if log.must_wait() => log.mesh_acks.push_back((log.appended, to, token)),
+            _ => self.mesh_out.push((to, MeshMessage::Ack(token))),
+        }
+    }
+
+    /// Logs the whole of a session that just became persistent.
+    fn log_session(&mut self, key: SessionKey) {
+        let Some(log) = &mut self.log else { return };
+        let session = &self.sessions[key];
+        let client_id = || session.client_id.to_string();
+        let mut records = vec![Record::SessionPut {
+            client_id: client_id(),
+        }];
+        let mut filters: Vec<(&TopicFilter, &QoS)> = session.subscriptions.iter().collect();
+        filters.sort_unstable();
+        for (filter, qos) in filters {
+            records.push(Record::Subscribe {
+                client_id: client_id(),
+                filter: filter.to_string(),
+                qos: *qos as u8,
+            });
+        }
+        for inflight in &session.inflight {
+            records.push(queued_record(
+                session,
+                &inflight.message,
+                inflight.message_id,
+            ));
+            records.push(Record::MessageSent {
+                client_id: client_id(),
+                message_id: inflight.message_id,
+                packet_id: inflight.packet_id.get(),
+            });
+            if inflight.state == OutboundState::AwaitingPubComp {
+                records.push(Record::MessageReleased {
+                    client_id: client_id(),
+                    packet_id: inflight.packet_id.get(),
+                });
+            }
+        }
+        for queued in &session.queue {
+            records.push(queued_record(session, &queued.message, queued.message_id));
+        }
+        let mut inbound: Vec<&PacketId> = session.inbound_qos2.keys().collect();
+        inbound.sort_unstable();
+        for packet_id in inbound {
+            records.push(Record::InboundQos2 {
+                client_id: client_id(),
+                packet_id: packet_id.get(),
+            });
+        }
+        log.appended += records.len() as u64;
+        log.records.append(&mut records);
+    }
+
     // ----- packets ------------------------------------------------------------------
 
     fn handle_packet(&mut self, conn_id: ConnId, packet: Packet) {
@@ -510,8 +907,14 @@ impl ShardCore {
             Packet::PubRel(packet_id) => {
                 // Answer PUBCOMP even for an id we do not hold: after a lost PUBCOMP the
                 // client re-sends PUBREL on reconnect and must get its PUBCOMP [MQTT-4.3.3-2].
-                if self.sessions[key].inbound_qos2.remove(&packet_id).is_none() {
+                let session = &mut self.sessions[key];
+                if session.inbound_qos2.remove(&packet_id).is_none() {
                     self.stats.unknown_packet_id_total += 1;
+                } else if session.is_persistent() {
+                    log_record(&mut self.log, || Record::InboundQos2Released {
+                        client_id: session.client_id.to_string(),
+                        packet_id: packet_id.get(),
+                    });
                 }
                 self.send_ack(conn_id, None, Deferred::Packet(Packet::PubComp(packet_id)));
             }
@@ -547,6 +950,17 @@ impl ShardCore {
         let qos = publish.qos.qos();
         self.stats.publish_received_total[qos as usize] += 1;
         self.stats.publish_received_bytes_total += publish.payload.len() as u64;
+        if qos != QoS::AtMostOnce && !self.log_healthy() {
+            // Nothing could make this message durable: no acknowledgement, and the
+            // client keeps it to resend.
+            tracing::debug!(
+                conn = conn_id.0,
+                "write-ahead log unhealthy: refusing a QoS 1/2 publish"
+            );
+            self.stats.publish_refused_log_failed_total += 1;
+            self.close_conn(conn_id, true);
+            return;
+        }
         let message = Message {
             topic: publish.topic,
             payload: publish.payload,
@@ -570,7 +984,14 @@ impl ShardCore {
                     Some(first) => first.filter(|token| self.barriers.contains_key(token)),
                     None => {
                         let token = self.route(message, true);
-                        self.sessions[key].inbound_qos2.insert(packet_id, token);
+                        let session = &mut self.sessions[key];
+                        session.inbound_qos2.insert(packet_id, token);
+                        if session.is_persistent() {
+                            log_record(&mut self.log, || Record::InboundQos2 {
+                                client_id: session.client_id.to_string(),
+                                packet_id: packet_id.get(),
+                            });
+                        }
                         token
                     }
                 };
@@ -584,7 +1005,20 @@ impl ShardCore {
         session.last_progress_ms = self.now_ms;
         match session.inflight_position(packet_id) {
             Some(pos) if session.inflight[pos].state != OutboundState::AwaitingPubAck => {
+                if session.inflight[pos].state == OutboundState::AwaitingPubRec
+                    && session.is_persistent()
+                {
+                    log_record(&mut self.log, || Record::MessageReleased {
+                        client_id: session.client_id.to_string(),
+                        packet_id: packet_id.get(),
+                    });
+                }
                 session.inflight[pos].state = OutboundState::AwaitingPubComp;
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    // The PUBREL waits for MessageReleased: a restart must not resend the
+                    // PUBLISH after a PUBREL went out [MQTT-4.3.3-1].
+                    gate_output(&mut self.log, conn_id, conn);
+                }
                 self.send_packet(conn_id, &Packet::PubRel(packet_id));
             }
             _ => self.stats.unknown_packet_id_total += 1,
@@ -597,6 +1031,12 @@ impl ShardCore {
         match session.inflight_position(packet_id) {
             Some(pos) if session.inflight[pos].state == state => {
                 session.inflight.remove(pos);
+                if session.is_persistent() {
+                    log_record(&mut self.log, || Record::MessageDone {
+                        client_id: session.client_id.to_string(),
+                        packet_id: packet_id.get(),
+                    });
+                }
                 self.pump(key);
             }
             _ => self.stats.unknown_packet_id_total += 1,
@@ -613,9 +1053,15 @@ impl ShardCore {
             // Every valid filter is granted at the QoS asked for; ACLs plug in here (0x80).
             let granted = *qos;
             let previous = self.subscriptions.insert(filter, key, granted);
-            self.sessions[key]
-                .subscriptions
-                .insert(filter.clone(), granted);
+            let session = &mut self.sessions[key];
+            session.subscriptions.insert(filter.clone(), granted);
+            if session.is_persistent() {
+                log_record(&mut self.log, || Record::Subscribe {
+                    client_id: session.client_id.to_string(),
+                    filter: filter.to_string(),
+                    qos: granted as u8,
+                });
+            }
             if previous.is_none() && self.add_local_filter(filter) {
                 announce.push(filter.clone());
             } else if let Some(&token) = self.announcements.get(filter) {
@@ -654,7 +1100,13 @@ impl ShardCore {
 
     fn handle_unsubscribe(&mut self, conn_id: ConnId, key: SessionKey, unsubscribe: Unsubscribe) {
         for filter in &unsubscribe.filters {
-            self.remove_subscription(key, filter);
+            if self.remove_subscription(key, filter) && self.sessions[key].is_persistent() {
+                let session = &self.sessions[key];
+                log_record(&mut self.log, || Record::Unsubscribe {
+                    client_id: session.client_id.to_string(),
+                    filter: filter.to_string(),
+                });
+            }
         }
         self.send_ack(
             conn_id,
@@ -673,6 +1125,9 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
+        if !session.inflight.is_empty() {
+            gate_output(&mut self.log, conn_id, conn);
+        }
         for inflight in &session.inflight {
             match inflight.state {
                 OutboundState::AwaitingPubComp => {
@@ -700,10 +1155,26 @@ impl ShardCore {
         };
         let mut sent = false;
         while session.window_has_room(inflight_max) {
-            let Some(Queued { message }) = session.queue.pop_front() else {
+            let Some(Queued {
+                message,
+                message_id,
+            }) = session.queue.pop_front()
+            else {
                 break;
             };
             let packet_id = session.allocate_packet_id();
+            if session.is_persistent() {
+                log_record(&mut self.log, || Record::MessageSent {
+                    client_id: session.client_id.to_string(),
+                    message_id,
+                    packet_id: packet_id.get(),
+                });
+                if message.qos == QoS::ExactlyOnce {
+                    // Sent only once MessageSent is durable: a restart must resend it
+                    // under the same packet id, never deliver it twice.
+                    gate_output(&mut self.log, conn_id, conn);
+                }
+            }
             encode_publish(&mut conn.out, &message, Some(packet_id), false);
             self.stats.publish_sent_total[message.qos as usize] += 1;
             let state = if message.qos == QoS::ExactlyOnce {
@@ -715,6 +1186,7 @@ impl ShardCore {
                 packet_id,
                 message,
                 state,
+                message_id,
             });
             sent = true;
         }
@@ -771,13 +1243,19 @@ impl ShardCore {
             self.remove_subscription(key, filter);
         }
         let session = self.sessions.remove(key);
+        if session.is_persistent() {
+            log_record(&mut self.log, || Record::SessionDrop {
+                client_id: session.client_id.to_string(),
+            });
+        }
         self.session_index.remove(&session.client_id);
         self.stats.sessions_current = self.stats.sessions_current.saturating_sub(1);
     }
 
-    fn remove_subscription(&mut self, key: SessionKey, filter: &TopicFilter) {
+    /// Removes one subscription; false when the session did not have it.
+    fn remove_subscription(&mut self, key: SessionKey, filter: &TopicFilter) -> bool {
         if self.subscriptions.remove(filter, key).is_none() {
-            return;
+            return false;
         }
         self.sessions[key].subscriptions.remove(filter);
         if let Some(count) = self.local_filters.get_mut(filter) {
@@ -792,6 +1270,7 @@ impl ShardCore {
                 });
             }
         }
+        true
     }
 
     /// Counts a local session subscribing with `filter`; true when it is the first.
@@ -829,6 +1308,20 @@ impl ShardCore {
             }
         } else if self.shard_count > 1 {
             let shards = self.interest_set(&message.topic);
+            // With durability `sync` the acknowledgement waits for every shard that got
+            // the message to commit what it logged (its persistent subscribers' queues).
+            let barrier = if want_barrier
+                && self
+                    .log
+                    .as_ref()
+                    .is_some_and(|log| log.durability == Durability::Sync)
+            {
+                let count = shards.iter().count() as u16;
+                (count > 0).then(|| self.new_barrier_counted(count))
+            } else {
+                None
+            };
+            token = barrier;
             for shard in shards.iter() {
                 matched = true;
                 self.stats.forwarded_total += 1;
@@ -836,7 +1329,7 @@ impl ShardCore {
                     shard,
                     MeshMessage::Publish {
                         message: message.clone(),
-                        ack: None,
+                        ack: barrier,
                         retained: None,
                     },
                 ));
@@ -866,6 +1359,19 @@ impl ShardCore {
         }
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         let value = (!message.payload.is_empty()).then(|| message.clone());
+        // Every shard holds every retained message; the topic's owner shard logs it.
+        if owner_of(message.topic.as_str(), self.shard_count) == self.id {
+            log_record(&mut self.log, || match &value {
+                Some(message) => Record::RetainSet {
+                    topic: message.topic.to_string(),
+                    payload: message.payload.to_vec(),
+                    qos: message.qos as u8,
+                },
+                None => Record::RetainClear {
+                    topic: message.topic.to_string(),
+                },
+            });
+        }
         self.retained
             .insert(message.topic.clone(), (version, value));
     }
@@ -922,9 +1428,17 @@ impl ShardCore {
             self.count_drop(DropReason::QueueFull);
             return;
         }
-        session.queue.push_back(Queued {
+        let message_id = session.take_message_id();
+        let queued = Queued {
             message: outgoing(),
-        });
+            message_id,
+        };
+        if session.is_persistent() {
+            log_record(&mut self.log, || {
+                queued_record(session, &queued.message, message_id)
+            });
+        }
+        session.queue.push_back(queued);
         self.pump(key);
         if self.is_congested_above(key, self.limits.queue_high_watermark()) {
             self.pressure = Some(key);
@@ -1023,6 +1537,7 @@ impl ShardCore {
             };
             match deferred {
                 Deferred::Packet(packet) => {
+                    gate_output(&mut self.log, conn_id, conn);
                     packet.encode(&mut conn.out);
                     self.wake(conn_id);
                 }
@@ -1062,10 +1577,14 @@ impl ShardCore {
     }
 
     fn new_barrier_unowned(&mut self) -> Token {
+        self.new_barrier_counted(self.shard_count - 1)
+    }
+
+    /// A barrier that completes after `count` acknowledgements.
+    fn new_barrier_counted(&mut self, count: u16) -> Token {
         self.next_token += 1;
         let token = Token(self.next_token);
-        self.barriers
-            .insert(token, (self.shard_count - 1, Vec::new()));
+        self.barriers.insert(token, (count, Vec::new()));
         token
     }
 
@@ -1075,6 +1594,18 @@ impl ShardCore {
                 self.mesh_out.push((ShardId(shard), make()));
             }
         }
+    }
+}
+
+/// The `MessageQueued` record of `message` queued to `session` as `message_id`.
+fn queued_record(session: &Session, message: &Message, message_id: u64) -> Record {
+    Record::MessageQueued {
+        client_id: session.client_id.to_string(),
+        message_id,
+        topic: message.topic.to_string(),
+        payload: message.payload.to_vec(),
+        qos: message.qos as u8,
+        retain: message.retain,
     }
 }
 

@@ -20,6 +20,6 @@ pub mod session;
 pub mod stats;
 pub mod trie;
 
-pub use crate::core::{Limits, OutputState, ShardCore};
+pub use crate::core::{Durability, Limits, OutputState, ShardCore};
 pub use message::{owner_of, ConnId, MeshMessage, Message, ShardId};
 pub use runtime::{start, Broker, Control, RuntimeConfig, StartError};

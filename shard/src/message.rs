@@ -88,6 +88,14 @@ pub enum MeshMessage {
     },
     /// A barrier answer: the change sent with `Token` is applied on the sending shard.
     Ack(Token),
+    /// A retained message recovered from the sender's log at start: store it (if newer
+    /// than what is held), deliver it to nobody.
+    Retained {
+        /// The retained message.
+        message: Message,
+        /// Its version in the retained store.
+        version: RetainedVersion,
+    },
 }
 
 /// A set of shards, as a fixed bitmap (no allocation on the routing path).

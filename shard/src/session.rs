@@ -35,6 +35,8 @@ pub struct Inflight {
     pub message: Message,
     /// What it waits for.
     pub state: OutboundState,
+    /// The session's id for the message (its write-ahead log records name it).
+    pub message_id: u64,
 }
 
 /// A message waiting for room in the inflight window (or for the client to come back).
@@ -42,6 +44,8 @@ pub struct Inflight {
 pub struct Queued {
     /// The message (its `qos` is already the delivery QoS).
     pub message: Message,
+    /// The session's id for the message, increasing in queue order.
+    pub message_id: u64,
 }
 
 /// Why a delivery was dropped instead of sent or queued.
@@ -80,6 +84,8 @@ pub struct Session {
     pub last_progress_ms: u64,
     /// The next packet id to try for an outbound delivery.
     next_packet_id: PacketId,
+    /// The id the next queued message gets.
+    pub next_message_id: u64,
 }
 
 impl Session {
@@ -96,6 +102,7 @@ impl Session {
             inbound_qos2: AHashMap::new(),
             last_progress_ms: 0,
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0")),
+            next_message_id: 1,
         }
     }
 
@@ -119,6 +126,19 @@ impl Session {
     /// Whether the window has room under `inflight_max`.
     pub fn window_has_room(&self, inflight_max: u16) -> bool {
         self.inflight.len() < usize::from(inflight_max)
+    }
+
+    /// Whether the session outlives its connection (`clean_session = 0`): only such
+    /// sessions are written to the shard's write-ahead log.
+    pub fn is_persistent(&self) -> bool {
+        !self.clean_session
+    }
+
+    /// Takes the next message id.
+    pub fn take_message_id(&mut self) -> u64 {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        id
     }
 
     /// Number of this session's subscriptions.

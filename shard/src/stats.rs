@@ -42,4 +42,10 @@ pub struct ShardStats {
     pub paced_total: u64,
     /// Acknowledgements for packet ids the session does not know (counted, answered or ignored).
     pub unknown_packet_id_total: u64,
+    /// QoS 1/2 publishes refused (connection closed, no acknowledgement) because the
+    /// write-ahead log had failed.
+    pub publish_refused_log_failed_total: u64,
+    /// Recovered sessions' entries or retained messages skipped because this build
+    /// cannot use them (e.g. a topic it rejects).
+    pub restore_skipped_total: u64,
 }

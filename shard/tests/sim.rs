@@ -73,7 +73,11 @@ use cutie_codec::{
     Publish, PublishQos, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, TopicFilter,
     TopicName, Unsubscribe,
 };
-use cutie_shard::{owner_of, ConnId, Limits, MeshMessage, OutputState, ShardCore, ShardId};
+use cutie_persistence::{DurableState, InflightPhase, Record};
+use cutie_shard::session::OutboundState;
+use cutie_shard::{
+    owner_of, ConnId, Durability, Limits, MeshMessage, OutputState, ShardCore, ShardId,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -107,6 +111,20 @@ struct Scenario {
     steps: usize,
     /// Tight limits and slow writers: drops are expected and must be counted.
     bounded: bool,
+    /// Durability `sync`: the shards log, acknowledgements wait for commits, which
+    /// happen as random network steps. Each shard's records are applied to a model
+    /// state that must match the shard's persistent sessions after every step, and a
+    /// shard restored from it must match the shard at the end.
+    durable: bool,
+}
+
+/// One shard's write-ahead log in the simulation: records taken, how far committed, and
+/// the state they build.
+#[derive(Debug, Default)]
+struct SimLog {
+    taken: u64,
+    committed: u64,
+    state: DurableState,
 }
 
 // ----- the model ---------------------------------------------------------------------------
@@ -386,6 +404,131 @@ struct Outcome {
     probes_checked: u64,
     /// Times the runtime paced a reader or a mesh queue.
     paced: u64,
+    /// Runs whose shards were rebuilt from their logs and compared.
+    restored: u64,
+    /// Records logged, by kind.
+    records: BTreeMap<&'static str, u64>,
+}
+
+/// The retained store of a shard, as plain values.
+fn retained_of(core: &ShardCore) -> BTreeMap<String, (Vec<u8>, QoS)> {
+    core.retained_messages()
+        .map(|m| (m.topic.to_string(), (m.payload.to_vec(), m.qos)))
+        .collect()
+}
+
+/// A message as the log knows it: (message id, topic, payload, qos, retain).
+type LoggedMessage = (u64, String, Vec<u8>, u8, bool);
+
+/// Whether `state` (built from `core`'s records) holds exactly the core's persistent
+/// sessions and the retained messages of the topics the core owns.
+fn check_logged_state(core: &ShardCore, state: &DurableState, n: u16) -> Result<(), String> {
+    let persistent: Vec<_> = core.sessions().filter(|s| !s.clean_session).collect();
+    if persistent.len() != state.sessions().len() {
+        return Err(format!(
+            "{} persistent sessions, the log has {}",
+            persistent.len(),
+            state.sessions().len()
+        ));
+    }
+    for session in persistent {
+        let id = session.client_id.to_string();
+        let logged = state
+            .session(&id)
+            .ok_or_else(|| format!("session {id} is not in the log"))?;
+        let subscriptions: BTreeMap<String, u8> = session
+            .subscriptions
+            .iter()
+            .map(|(f, q)| (f.to_string(), *q as u8))
+            .collect();
+        if &subscriptions != logged.subscriptions() {
+            return Err(format!(
+                "session {id}: subscriptions {subscriptions:?}, logged {:?}",
+                logged.subscriptions()
+            ));
+        }
+        let message = |id: u64, m: &cutie_shard::Message| -> LoggedMessage {
+            (
+                id,
+                m.topic.to_string(),
+                m.payload.to_vec(),
+                m.qos as u8,
+                m.retain,
+            )
+        };
+        let logged_message = |m: &cutie_persistence::Message| -> LoggedMessage {
+            (
+                m.message_id,
+                m.topic.clone(),
+                m.payload.clone(),
+                m.qos,
+                m.retain,
+            )
+        };
+        let inflight: BTreeMap<u16, (LoggedMessage, bool)> = session
+            .inflight
+            .iter()
+            .map(|i| {
+                (
+                    i.packet_id.get(),
+                    (
+                        message(i.message_id, &i.message),
+                        i.state == OutboundState::AwaitingPubComp,
+                    ),
+                )
+            })
+            .collect();
+        let logged_inflight: BTreeMap<u16, (LoggedMessage, bool)> = logged
+            .inflight()
+            .iter()
+            .map(|(p, i)| {
+                (
+                    *p,
+                    (
+                        logged_message(&i.message),
+                        i.phase == InflightPhase::Released,
+                    ),
+                )
+            })
+            .collect();
+        if inflight != logged_inflight {
+            return Err(format!(
+                "session {id}: inflight {inflight:?}, logged {logged_inflight:?}"
+            ));
+        }
+        let queue: Vec<LoggedMessage> = session
+            .queue
+            .iter()
+            .map(|q| message(q.message_id, &q.message))
+            .collect();
+        let logged_queue: Vec<LoggedMessage> = logged.queue().iter().map(logged_message).collect();
+        if queue != logged_queue {
+            return Err(format!(
+                "session {id}: queue {queue:?}, logged {logged_queue:?}"
+            ));
+        }
+        let inbound: BTreeSet<u16> = session.inbound_qos2.keys().map(|p| p.get()).collect();
+        if &inbound != logged.inbound_qos2() {
+            return Err(format!(
+                "session {id}: inbound QoS 2 {inbound:?}, logged {:?}",
+                logged.inbound_qos2()
+            ));
+        }
+    }
+    let owned: BTreeMap<String, (Vec<u8>, u8)> = retained_of(core)
+        .into_iter()
+        .filter(|(topic, _)| owner_of(topic, n) == core.id())
+        .map(|(topic, (payload, qos))| (topic, (payload, qos as u8)))
+        .collect();
+    let logged: BTreeMap<String, (Vec<u8>, u8)> = state
+        .retained()
+        .iter()
+        .map(|(topic, r)| (topic.clone(), (r.payload.clone(), r.qos)))
+        .collect();
+    if owned != logged {
+        return Err(format!("retained {owned:?}, logged {logged:?}"));
+    }
+    Ok(())
 }
 
 // ----- the simulation ----------------------------------------------------------------------
@@ -401,6 +544,7 @@ struct Sim {
     /// The writer takes output only while less than this is unread by the client.
     writer_cap: usize,
     shards: Vec<ShardCore>,
+    logs: Vec<SimLog>,
     next_tick_ms: Vec<u64>,
     mesh: Vec<VecDeque<Envelope>>,
     /// Per mesh queue: the receiving runtime paces it while this session is congested.
@@ -445,7 +589,14 @@ impl Sim {
         };
         let n = usize::from(sc.shards);
         let shards = (0..sc.shards)
-            .map(|i| ShardCore::new(ShardId(i), sc.shards, limits.clone()))
+            .map(|i| {
+                let core = ShardCore::new(ShardId(i), sc.shards, limits.clone());
+                if sc.durable {
+                    core.with_durability(Durability::Sync)
+                } else {
+                    core
+                }
+            })
             .collect();
         let next_tick_ms = (0..n).map(|_| rng.gen_range(1..=TICK_MS)).collect();
         let mut sim = Sim {
@@ -457,6 +608,7 @@ impl Sim {
             limits,
             writer_cap,
             shards,
+            logs: (0..n).map(|_| SimLog::default()).collect(),
             next_tick_ms,
             mesh: (0..n * n).map(|_| VecDeque::new()).collect(),
             mesh_paced: vec![None; n * n],
@@ -554,6 +706,17 @@ impl Sim {
     fn after_call(&mut self, shard: u16, cause: Cause) {
         let k = usize::from(shard);
         self.dirty[k] = true;
+        let mut records: Vec<Record> = Vec::new();
+        let seq = self.shards[k].take_records(&mut records);
+        for record in &records {
+            *self.out.records.entry(record.kind()).or_default() += 1;
+            if let Err(misfit) = self.logs[k].state.apply(record) {
+                panic!("shard {k}: record {record:?} does not fit the logged state: {misfit:?}");
+            }
+        }
+        if !records.is_empty() {
+            self.logs[k].taken = seq;
+        }
         let open: Vec<usize> = self.open[k].iter().copied().collect();
         for s in open {
             if !self.shards[k].connection_open(self.socks[s].conn) {
@@ -945,6 +1108,12 @@ impl Sim {
         if !mesh.is_empty() {
             kinds.push(2);
         }
+        let uncommitted: Vec<usize> = (0..self.logs.len())
+            .filter(|&k| self.logs[k].taken > self.logs[k].committed)
+            .collect();
+        if !uncommitted.is_empty() {
+            kinds.push(3);
+        }
         if kinds.is_empty() {
             return false;
         }
@@ -957,9 +1126,17 @@ impl Sim {
                 let s = to_client[self.rng.gen_range(0..to_client.len())];
                 self.deliver_to_client(s);
             }
-            _ => {
+            2 => {
                 let i = mesh[self.rng.gen_range(0..mesh.len())];
                 self.deliver_mesh(i);
+            }
+            _ => {
+                let k = uncommitted[self.rng.gen_range(0..uncommitted.len())];
+                let seq = self.logs[k].taken;
+                self.log(|| format!("shard {k}: log committed through {seq}"));
+                self.logs[k].committed = seq;
+                self.shards[k].records_committed(seq);
+                self.after_call(k as u16, Cause::Mesh);
             }
         }
         true
@@ -1835,6 +2012,10 @@ impl Sim {
 
     /// What is still moving through the network, if anything.
     fn network_busy(&self) -> Option<String> {
+        if let Some(k) = (0..self.logs.len()).find(|&k| self.logs[k].taken > self.logs[k].committed)
+        {
+            return Some(format!("shard {k} has uncommitted records"));
+        }
         if let Some(i) = self.mesh.iter().position(|q| !q.is_empty()) {
             return Some(format!(
                 "mesh queue {i} holds {} messages",
@@ -1941,6 +2122,10 @@ impl Sim {
                 for &c in &self.owned[k] {
                     self.check_session(k, c);
                 }
+                if self.sc.durable {
+                    check_logged_state(&self.shards[k], &self.logs[k].state, self.sc.shards)
+                        .unwrap_or_else(|e| panic!("shard {k}: the log's state differs: {e}"));
+                }
             }
         }
     }
@@ -2031,7 +2216,51 @@ impl Sim {
         }
         self.settle();
         self.final_checks();
+        if self.sc.durable {
+            self.check_restore();
+        }
         self.out
+    }
+
+    /// A shard rebuilt from its log holds the same persistent sessions and owned
+    /// retained messages as the live shard, and together the rebuilt shards hold the
+    /// whole retained store.
+    fn check_restore(&mut self) {
+        let n = self.sc.shards;
+        let mut restored: Vec<ShardCore> = (0..n)
+            .map(|i| {
+                ShardCore::new(ShardId(i), n, self.limits.clone()).with_durability(Durability::Sync)
+            })
+            .collect();
+        let mut replicas = Vec::new();
+        for (k, core) in restored.iter_mut().enumerate() {
+            core.restore(&self.logs[k].state);
+            check_logged_state(core, &self.logs[k].state, n)
+                .unwrap_or_else(|e| panic!("restored shard {k} differs from its log: {e}"));
+            let mut out = Vec::new();
+            core.drain_mesh(&mut out);
+            replicas.push(out);
+        }
+        for (k, out) in replicas.into_iter().enumerate() {
+            for (to, message) in out {
+                restored[to.index()].handle_mesh(ShardId(k as u16), message);
+            }
+        }
+        for k in 0..usize::from(n) {
+            let live: BTreeMap<String, (Vec<u8>, QoS)> = retained_of(&self.shards[k]);
+            let back: BTreeMap<String, (Vec<u8>, QoS)> = retained_of(&restored[k]);
+            assert_eq!(back, live, "shard {k}: retained store after a restore");
+            assert_eq!(
+                restored[k].subscription_count(),
+                self.shards[k]
+                    .sessions()
+                    .filter(|s| !s.clean_session)
+                    .map(|s| s.subscriptions.len())
+                    .sum::<usize>(),
+                "shard {k}: subscriptions after a restore"
+            );
+        }
+        self.out.restored += 1;
     }
 
     fn final_checks(&mut self) {
@@ -2278,6 +2507,7 @@ const ONE_SHARD: Scenario = Scenario {
     anon: 2,
     steps: 1200,
     bounded: false,
+    durable: false,
 };
 
 const FOUR_SHARDS: Scenario = Scenario {
@@ -2287,6 +2517,7 @@ const FOUR_SHARDS: Scenario = Scenario {
     anon: 2,
     steps: 1500,
     bounded: false,
+    durable: false,
 };
 
 const BOUNDED: Scenario = Scenario {
@@ -2296,7 +2527,68 @@ const BOUNDED: Scenario = Scenario {
     anon: 2,
     steps: 1500,
     bounded: true,
+    durable: false,
 };
+
+const ONE_SHARD_DURABLE: Scenario = Scenario {
+    name: "one_shard_with_durability_sync_logs_exactly_its_persistent_state",
+    durable: true,
+    ..ONE_SHARD
+};
+
+const FOUR_SHARDS_DURABLE: Scenario = Scenario {
+    name: "four_shards_with_durability_sync_log_exactly_their_persistent_state",
+    durable: true,
+    ..FOUR_SHARDS
+};
+
+const BOUNDED_DURABLE: Scenario = Scenario {
+    name: "tight_limits_with_durability_sync_log_exactly_the_persistent_state",
+    durable: true,
+    ..BOUNDED
+};
+
+#[test]
+fn one_shard_with_durability_sync_logs_exactly_its_persistent_state() {
+    let outcomes = run_seeds(ONE_SHARD_DURABLE, 3_000_000, 120);
+    assert_covered(&outcomes, false);
+    assert_eq!(sum(&outcomes, |o| o.restored), outcomes.len() as u64);
+}
+
+#[test]
+fn four_shards_with_durability_sync_log_exactly_their_persistent_state() {
+    let outcomes = run_seeds(FOUR_SHARDS_DURABLE, 4_000_000, 120);
+    assert_covered(&outcomes, true);
+    assert_eq!(sum(&outcomes, |o| o.restored), outcomes.len() as u64);
+    if replay_seed().is_none() {
+        for kind in [
+            "SessionPut",
+            "SessionDrop",
+            "Subscribe",
+            "Unsubscribe",
+            "MessageQueued",
+            "MessageSent",
+            "MessageReleased",
+            "MessageDone",
+            "InboundQos2",
+            "InboundQos2Released",
+            "RetainSet",
+            "RetainClear",
+        ] {
+            let n: u64 = outcomes
+                .iter()
+                .map(|o| o.records.get(kind).copied().unwrap_or(0))
+                .sum();
+            assert!(n > 0, "no {kind} record was ever logged");
+        }
+    }
+}
+
+#[test]
+fn tight_limits_with_durability_sync_log_exactly_the_persistent_state() {
+    let outcomes = run_seeds(BOUNDED_DURABLE, 5_000_000, 80);
+    assert_eq!(sum(&outcomes, |o| o.restored), outcomes.len() as u64);
+}
 
 #[test]
 fn one_shard_keeps_every_guarantee_under_random_clients() {

@@ -1,0 +1,272 @@
+//! The shard core's side of the acknowledgement contract (persistence/FORMAT.md), driven
+//! directly: with durability `sync` an acknowledgement that depends on a record leaves
+//! the core only after the log reports that record committed; with `batch` and `none` it
+//! does not wait; after a log failure QoS 1/2 publishes are refused and QoS 0 flows.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use cutie_codec::{
+    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
+    SubscribeFilter, TopicFilter, TopicName,
+};
+use cutie_persistence::{DurableState, Record};
+use cutie_shard::{ConnId, Durability, Limits, MeshMessage, OutputState, ShardCore, ShardId};
+
+fn core(shards: u16, id: u16, durability: Durability) -> ShardCore {
+    ShardCore::new(ShardId(id), shards, Limits::default()).with_durability(durability)
+}
+
+fn connect(core: &mut ShardCore, conn: u64, client_id: &str, clean_session: bool) {
+    let accepted = core.connect(
+        ConnId(conn),
+        Connect {
+            protocol: ProtocolLevel::V3_1_1,
+            clean_session,
+            keep_alive_secs: 0,
+            client_id: ByteString::from(client_id),
+            will: None,
+            username: None,
+            password: None,
+        },
+        0,
+    );
+    assert!(accepted);
+}
+
+fn send(core: &mut ShardCore, conn: u64, packet: Packet) {
+    let mut buf = BytesMut::new();
+    packet.encode(&mut buf);
+    core.handle_bytes(ConnId(conn), &mut buf, 0);
+}
+
+/// The packets the connection's writer would get now.
+fn output(core: &mut ShardCore, conn: u64) -> Vec<Packet> {
+    let mut buf = BytesMut::new();
+    let state = core.take_output(ConnId(conn), &mut buf);
+    assert_ne!(state, OutputState::Gone);
+    let mut decoder = Decoder::new(1 << 20);
+    let mut packets = Vec::new();
+    while let Some(packet) = decoder.decode(&mut buf).unwrap() {
+        packets.push(packet);
+    }
+    assert!(buf.is_empty());
+    packets
+}
+
+fn subscribe(core: &mut ShardCore, conn: u64, filter: &str, qos: QoS) {
+    send(
+        core,
+        conn,
+        Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            filters: vec![SubscribeFilter {
+                filter: TopicFilter::new(filter).unwrap(),
+                qos,
+            }],
+        }),
+    );
+}
+
+fn publish(core: &mut ShardCore, conn: u64, topic: &str, qos: PublishQos, retain: bool) {
+    send(
+        core,
+        conn,
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from_static(b"payload"),
+        }),
+    );
+}
+
+fn id(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+/// Takes the records and commits them, as the runtime does after the log's fdatasync.
+fn commit(core: &mut ShardCore, state: &mut DurableState) -> usize {
+    let mut records: Vec<Record> = Vec::new();
+    let seq = core.take_records(&mut records);
+    for record in &records {
+        state.apply(record).unwrap();
+    }
+    core.records_committed(seq);
+    records.len()
+}
+
+#[test]
+fn connack_of_a_persistent_session_waits_for_its_session_record() {
+    let mut core = core(1, 0, Durability::Sync);
+    let mut state = DurableState::new();
+    connect(&mut core, 1, "sub", false);
+    assert!(
+        output(&mut core, 1).is_empty(),
+        "CONNACK before SessionPut is durable"
+    );
+    assert_eq!(commit(&mut core, &mut state), 1);
+    assert!(matches!(output(&mut core, 1)[..], [Packet::ConnAck(_)]));
+    assert!(state.session("sub").is_some());
+    // A clean session logs nothing and waits for nothing.
+    connect(&mut core, 2, "pub", true);
+    assert!(matches!(output(&mut core, 2)[..], [Packet::ConnAck(_)]));
+    assert_eq!(commit(&mut core, &mut state), 0);
+}
+
+#[test]
+fn puback_waits_until_the_persistent_subscribers_queue_is_committed() {
+    let mut core = core(1, 0, Durability::Sync);
+    let mut state = DurableState::new();
+    connect(&mut core, 1, "sub", false);
+    subscribe(&mut core, 1, "t/#", QoS::AtLeastOnce);
+    commit(&mut core, &mut state);
+    assert_eq!(output(&mut core, 1).len(), 2, "CONNACK and SUBACK");
+    connect(&mut core, 2, "pub", true);
+    output(&mut core, 2);
+
+    publish(&mut core, 2, "t/1", PublishQos::AtLeastOnce(id(7)), false);
+    // The subscriber may get the message at once (QoS 1 allows a resend after a crash),
+    // the publisher's PUBACK waits.
+    assert!(matches!(output(&mut core, 1)[..], [Packet::Publish(_)]));
+    assert!(
+        output(&mut core, 2).is_empty(),
+        "PUBACK before MessageQueued is durable"
+    );
+    assert_eq!(
+        commit(&mut core, &mut state),
+        2,
+        "MessageQueued and MessageSent"
+    );
+    assert_eq!(output(&mut core, 2), vec![Packet::PubAck(id(7))]);
+    assert_eq!(state.session("sub").unwrap().inflight().len(), 1);
+}
+
+#[test]
+fn outbound_qos2_publish_waits_for_message_sent() {
+    let mut core = core(1, 0, Durability::Sync);
+    let mut state = DurableState::new();
+    connect(&mut core, 1, "sub", false);
+    subscribe(&mut core, 1, "t/#", QoS::ExactlyOnce);
+    commit(&mut core, &mut state);
+    output(&mut core, 1);
+    connect(&mut core, 2, "pub", true);
+    output(&mut core, 2);
+    publish(&mut core, 2, "t/1", PublishQos::ExactlyOnce(id(3)), false);
+    assert!(
+        output(&mut core, 1).is_empty(),
+        "QoS 2 PUBLISH before MessageSent is durable"
+    );
+    commit(&mut core, &mut state);
+    assert!(matches!(output(&mut core, 1)[..], [Packet::Publish(_)]));
+    assert_eq!(output(&mut core, 2), vec![Packet::PubRec(id(3))]);
+}
+
+#[test]
+fn batch_and_none_do_not_hold_acknowledgements_but_still_log() {
+    for durability in [Durability::Batch, Durability::None] {
+        let mut core = core(1, 0, durability);
+        connect(&mut core, 1, "sub", false);
+        subscribe(&mut core, 1, "t/#", QoS::AtLeastOnce);
+        assert_eq!(output(&mut core, 1).len(), 2);
+        connect(&mut core, 2, "pub", true);
+        output(&mut core, 2);
+        publish(&mut core, 2, "t/1", PublishQos::AtLeastOnce(id(9)), false);
+        assert_eq!(output(&mut core, 2), vec![Packet::PubAck(id(9))]);
+        let mut records = Vec::new();
+        core.take_records(&mut records);
+        assert_eq!(records.len(), 4, "{durability:?}: {records:?}");
+    }
+}
+
+#[test]
+fn a_forwarded_publish_is_acknowledged_after_the_other_shard_commits() {
+    // Find client ids owned by shard 0 and 1 of 2.
+    let owned_by = |shard: u16| {
+        (0..)
+            .map(|i| format!("c{i}"))
+            .find(|c| cutie_shard::owner_of(c, 2) == ShardId(shard))
+            .unwrap()
+    };
+    let mut shard0 = core(2, 0, Durability::Sync);
+    let mut shard1 = core(2, 1, Durability::Sync);
+    let mut state1 = DurableState::new();
+    connect(&mut shard1, 1, &owned_by(1), false);
+    subscribe(&mut shard1, 1, "t/#", QoS::AtLeastOnce);
+    commit(&mut shard1, &mut state1);
+    let mut mesh = Vec::new();
+    shard1.drain_mesh(&mut mesh);
+    for (_, m) in mesh.drain(..) {
+        shard0.handle_mesh(ShardId(1), m);
+    }
+    shard0.drain_mesh(&mut mesh);
+    for (_, m) in mesh.drain(..) {
+        shard1.handle_mesh(ShardId(0), m);
+    }
+    output(&mut shard1, 1);
+
+    connect(&mut shard0, 2, &owned_by(0), true);
+    output(&mut shard0, 2);
+    publish(&mut shard0, 2, "t/x", PublishQos::AtLeastOnce(id(5)), false);
+    shard0.drain_mesh(&mut mesh);
+    let [(ShardId(1), MeshMessage::Publish { ack: Some(_), .. })] = &mesh[..] else {
+        panic!("expected one forwarded publish asking for an ack: {mesh:?}");
+    };
+    for (_, m) in mesh.drain(..) {
+        shard1.handle_mesh(ShardId(0), m);
+    }
+    shard1.drain_mesh(&mut mesh);
+    assert!(
+        mesh.is_empty(),
+        "shard 1 acknowledged before committing: {mesh:?}"
+    );
+    commit(&mut shard1, &mut state1);
+    shard1.drain_mesh(&mut mesh);
+    assert!(matches!(mesh[..], [(ShardId(0), MeshMessage::Ack(_))]));
+    assert!(
+        output(&mut shard0, 2).is_empty(),
+        "PUBACK before shard 1's ack"
+    );
+    for (_, m) in mesh.drain(..) {
+        shard0.handle_mesh(ShardId(1), m);
+    }
+    assert_eq!(output(&mut shard0, 2), vec![Packet::PubAck(id(5))]);
+}
+
+#[test]
+fn a_failed_log_refuses_qos1_and_keeps_qos0_flowing() {
+    let mut core = core(1, 0, Durability::Sync);
+    let mut state = DurableState::new();
+    connect(&mut core, 1, "sub", false);
+    subscribe(&mut core, 1, "t/#", QoS::AtLeastOnce);
+    commit(&mut core, &mut state);
+    output(&mut core, 1);
+    connect(&mut core, 2, "pub", true);
+    output(&mut core, 2);
+    publish(&mut core, 2, "t/1", PublishQos::AtLeastOnce(id(1)), false);
+    // The commit of that publish's records fails.
+    let mut records = Vec::new();
+    core.take_records(&mut records);
+    core.log_failed();
+    assert!(!core.log_healthy());
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        core.take_output(ConnId(2), &mut buf),
+        OutputState::Close,
+        "the publisher whose PUBACK can never be durable is disconnected"
+    );
+    assert!(buf.is_empty(), "no PUBACK was sent: {buf:?}");
+
+    connect(&mut core, 3, "pub2", true);
+    output(&mut core, 3);
+    publish(&mut core, 3, "t/2", PublishQos::AtMostOnce, false);
+    assert!(core.connection_open(ConnId(3)), "QoS 0 keeps flowing");
+    publish(&mut core, 3, "t/3", PublishQos::AtLeastOnce(id(2)), false);
+    assert!(!core.connection_open(ConnId(3)), "QoS 1 is refused");
+    assert_eq!(core.stats.publish_refused_log_failed_total, 1);
+
+    core.log_recovered(0);
+    assert!(core.log_healthy());
+}
