@@ -10,7 +10,8 @@
 //! 3. environment variables `CUTIE_<KEY>`, with `__` between nesting levels:
 //!    `CUTIE_SHARDS=8`, `CUTIE_LISTENER__TCP=0.0.0.0:1883`,
 //!    `CUTIE_LIMITS__MAX_INFLIGHT=64`. Only upper-case `CUTIE_` names are read.
-//!    `CUTIE_CONFIG` names the file and is not a key;
+//!    `CUTIE_CONFIG` names the file and is not a key, nor is `CUTIE_USER_<NAME>`,
+//!    which defines a user (`crate::auth::env`);
 //! 4. command-line flags ([`Cli`]).
 //!
 //! Every layer is strict: a key that [`Config`] does not have is an error that
@@ -33,6 +34,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
+
+use crate::auth::USER_ENV_PREFIX;
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "CUTIE_";
@@ -80,6 +83,51 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Executor tuning; the defaults suit most machines.
     pub runtime: RuntimeConfig,
+    /// The write-ahead logs: when acknowledgements wait for the disk, compaction.
+    pub persistence: PersistenceConfig,
+}
+
+/// When acknowledgements wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// PUBACK/PUBREC (and the SUBACK/CONNACK of persistent sessions) only after the
+    /// record is on disk (fdatasync, shared by every record of a batch).
+    Sync,
+    /// Records written at once, synced every `fsync_interval_ms`; acknowledgements do
+    /// not wait: a power loss can lose the last interval, a process crash loses nothing
+    /// written.
+    Batch,
+    /// Records written at once, never synced by the broker (the OS decides).
+    None,
+}
+
+/// `[persistence]`: the per-shard write-ahead logs under `data_dir/shard-<n>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersistenceConfig {
+    /// `sync` (default), `batch` or `none`: see the README's durability section.
+    pub durability: DurabilityMode,
+    /// With `durability = "batch"`: the longest time between syncs, in milliseconds.
+    pub fsync_interval_ms: u64,
+    /// A shard whose log segments pass this many bytes writes a snapshot of its state
+    /// and deletes the segments (compaction).
+    pub wal_max_bytes: u64,
+    /// Start even if a log is damaged: keep what is readable, set the damaged files
+    /// aside (`<name>.corrupt-<n>`, never deleted) and say what was lost. Off: a damaged
+    /// log stops the start with a message naming the file.
+    pub recover_skip_corrupt: bool,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            durability: DurabilityMode::Sync,
+            fsync_interval_ms: 100,
+            wal_max_bytes: 64 * 1024 * 1024,
+            recover_skip_corrupt: false,
+        }
+    }
 }
 
 /// `[listener]`: the MQTT listeners.
@@ -146,6 +194,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
             runtime: RuntimeConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -308,6 +357,18 @@ impl Config {
             1,
             1 << 20,
         )?;
+        range(
+            "persistence.fsync_interval_ms",
+            self.persistence.fsync_interval_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "persistence.wal_max_bytes",
+            self.persistence.wal_max_bytes,
+            64 * 1024,
+            1 << 40,
+        )?;
         Ok(())
     }
 
@@ -358,6 +419,13 @@ pub struct Cli {
     /// Do not pin shards to cores (pin_cores = false).
     #[arg(long)]
     pub no_pin_cores: bool,
+    /// When acknowledgements wait for the disk (persistence.durability).
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<DurabilityMode>,
+    /// Start even if a write-ahead log is damaged, keeping what is readable
+    /// (persistence.recover_skip_corrupt = true).
+    #[arg(long)]
+    pub recover_skip_corrupt: bool,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -373,6 +441,10 @@ impl Cli {
             "admin.listen" => self.admin.is_some().then_some("--admin"),
             "log_level" => self.log_level.is_some().then_some("--log-level"),
             "pin_cores" => self.no_pin_cores.then_some("--no-pin-cores"),
+            "persistence.durability" => self.durability.is_some().then_some("--durability"),
+            "persistence.recover_skip_corrupt" => self
+                .recover_skip_corrupt
+                .then_some("--recover-skip-corrupt"),
             _ => None,
         }
     }
@@ -396,6 +468,12 @@ impl Cli {
         }
         if self.no_pin_cores {
             config.pin_cores = false;
+        }
+        if let Some(durability) = self.durability {
+            config.persistence.durability = durability;
+        }
+        if self.recover_skip_corrupt {
+            config.persistence.recover_skip_corrupt = true;
         }
     }
 }
@@ -646,7 +724,8 @@ impl EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if name == CONFIG_PATH_ENV || rest.is_empty() {
+            // `CUTIE_USER_<NAME>` defines a user (crate::auth::env), not a key.
+            if name == CONFIG_PATH_ENV || rest.is_empty() || name.starts_with(USER_ENV_PREFIX) {
                 continue;
             }
             let key = rest
@@ -1030,6 +1109,19 @@ mod tests {
         ];
         let config = load_from(&Cli::default(), env(&pairs), dir.path()).unwrap();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn user_variables_are_not_configuration_keys() {
+        let dir = empty_dir();
+        let pairs = [("CUTIE_USER_ALICE", "secret"), ("CUTIE_USER_", "x")];
+        let config = load_from(&Cli::default(), env(&pairs), dir.path()).unwrap();
+        assert_eq!(config, Config::default());
+        // A near miss is still an unknown key.
+        assert_eq!(
+            load_err(&Cli::default(), &[("CUTIE_USERS", "x")], dir.path()),
+            "unknown configuration key 'users' in environment variable CUTIE_USERS"
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 mod config;
 
 use clap::Parser;
+use config::DurabilityMode;
 use config::{Cli, Config};
-use cutie_shard::{Limits, RuntimeConfig};
+use cutie_shard::{Durability, Limits, LogConfig, RuntimeConfig};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -121,6 +122,21 @@ fn run(config: &Config) -> Result<(), String> {
             outbound_buffer_bytes_max: config.limits.outbound_buffer_bytes_max,
             ..Limits::default()
         },
+        log: Some(LogConfig {
+            durability: match config.persistence.durability {
+                DurabilityMode::Sync => Durability::Sync,
+                DurabilityMode::Batch => Durability::Batch,
+                DurabilityMode::None => Durability::None,
+            },
+            data_dir: config.data_dir.clone(),
+            wal_max_bytes: config.persistence.wal_max_bytes,
+            fsync_interval: Duration::from_millis(config.persistence.fsync_interval_ms),
+            recover_skip_corrupt: config.persistence.recover_skip_corrupt,
+            // A record holds one message with its topic and client id: the packet
+            // bound plus room for the names.
+            record_bytes_max: u32::try_from(config.limits.max_packet_size + 128 * 1024)
+                .unwrap_or(u32::MAX),
+        }),
     };
     let broker = cutie_shard::start(runtime).map_err(|e| e.to_string())?;
     tracing::info!(
@@ -129,6 +145,7 @@ fn run(config: &Config) -> Result<(), String> {
         shards,
         pin_cores = config.pin_cores,
         data_dir = %config.data_dir.display(),
+        durability = ?config.persistence.durability,
         "cutie is listening"
     );
     let signal = wait_for_signal(&signals);

@@ -60,6 +60,8 @@ pub struct RecoveryReport {
     pub segments_read: usize,
     /// Records applied from segments (after the snapshot).
     pub records_replayed: u64,
+    /// Bytes of the segments read (what compaction would reclaim).
+    pub segment_bytes: u64,
     /// LSN of the last record recovered: the next append gets the one after.
     pub last_lsn: Lsn,
     /// A torn tail that was cut off.
@@ -386,6 +388,7 @@ impl<S: Storage> Wal<S> {
                 .read(dir, name)
                 .map_err(Error::io("read", dir, name))?;
             report.segments_read += 1;
+            report.segment_bytes += bytes.len() as u64;
 
             let damage_at = match FileHeader::decode(&bytes, FileKind::Segment) {
                 Err(HeaderError::UnsupportedVersion(found)) => {
@@ -649,7 +652,10 @@ impl<S: Storage> Wal<S> {
                 "recovered with repairs"
             );
         }
-        let wal = Wal::recovered(storage, dir, options, last_lsn, snapshot_lsn);
+        let mut wal = Wal::recovered(storage, dir, options, last_lsn, snapshot_lsn);
+        if report.snapshot_written.is_none() {
+            wal.segment_bytes = report.segment_bytes;
+        }
         Ok((wal, state, report))
     }
 }

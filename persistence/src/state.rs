@@ -435,6 +435,16 @@ impl DurableState {
         retained.chain(sessions)
     }
 
+    /// Records that rebuild one session (empty when there is no such session): what
+    /// moving a session to another shard's log writes there.
+    #[must_use]
+    pub fn session_records(&self, client_id: &str) -> Vec<Record> {
+        self.sessions
+            .get(client_id)
+            .map(|session| session.records(client_id).collect())
+            .unwrap_or_default()
+    }
+
     /// How many records [`records`](Self::records) yields, without building them.
     #[must_use]
     pub fn records_len(&self) -> u64 {

@@ -129,6 +129,9 @@ pub struct Wal<S: Storage> {
     durable_lsn: Lsn,
     /// LSN of the newest snapshot on disk (`Lsn::ZERO`: none).
     snapshot_lsn: Lsn,
+    /// Bytes of the segments written since that snapshot (headers included): what a
+    /// compaction would reclaim, the number to compare with a size limit.
+    pub(crate) segment_bytes: u64,
     health: Health,
 }
 
@@ -153,6 +156,7 @@ impl<S: Storage> Wal<S> {
             written_lsn: last_lsn,
             durable_lsn: last_lsn,
             snapshot_lsn,
+            segment_bytes: 0,
             health: Health::Healthy,
         }
     }
@@ -316,6 +320,12 @@ impl<S: Storage> Wal<S> {
         }
     }
 
+    /// Bytes of the segments written since the newest snapshot: compaction reclaims them.
+    #[must_use]
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     /// LSN of the last record written to a segment, synced or not.
     #[must_use]
     pub fn written_lsn(&self) -> Lsn {
@@ -395,6 +405,7 @@ impl<S: Storage> Wal<S> {
         segment.dirty = true;
         segment.len_bytes += batch_bytes;
         segment.records += self.pending_records;
+        self.segment_bytes += batch_bytes;
         Ok(())
     }
 
@@ -430,6 +441,7 @@ impl<S: Storage> Wal<S> {
         )
         .and_then(|written| {
             self.snapshot_lsn = lsn;
+            self.segment_bytes = 0;
             let removed = remove_replaced(&mut self.storage, &self.dir, lsn)?;
             Ok(CompactReport {
                 lsn,

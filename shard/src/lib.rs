@@ -11,9 +11,13 @@
 //! - [`trie`]: the topic-filter trie used for subscriptions and for other shards' interest.
 //! - [`message`]: what shards say to each other, and the ids that cross shard boundaries.
 //! - [`stats`]: per-shard counters.
+//! - [`durable`]: recovering the shards' write-ahead logs at start (re-homing state after
+//!   a change of `shards`), and each shard's log task (group commit off the shard thread,
+//!   compaction, failure and reopening).
 //! - [`runtime`]: the glommio shell: executors, listeners, connection tasks, the mesh.
 
 pub mod core;
+pub mod durable;
 pub mod message;
 pub mod runtime;
 pub mod session;
@@ -21,5 +25,6 @@ pub mod stats;
 pub mod trie;
 
 pub use crate::core::{Durability, Limits, OutputState, ShardCore};
+pub use durable::{LogConfig, ShardHealth};
 pub use message::{owner_of, ConnId, MeshMessage, Message, ShardId};
 pub use runtime::{start, Broker, Control, RuntimeConfig, StartError};

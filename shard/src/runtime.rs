@@ -13,6 +13,7 @@
 //! wait (an answer that does not fit is sent from a spawned task).
 
 use crate::core::{Limits, OutputState, ShardCore};
+use crate::durable::{LogConfig, RecoveredLog, ShardHealth};
 use crate::message::{owner_of, ConnId, MeshMessage, ShardId};
 use ahash::AHashMap;
 use bytes::BytesMut;
@@ -28,6 +29,8 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a broker's shards run.
@@ -51,6 +54,8 @@ pub struct RuntimeConfig {
     pub max_connections: usize,
     /// Protocol limits.
     pub limits: Limits,
+    /// Write-ahead logging; `None`: nothing survives a restart.
+    pub log: Option<LogConfig>,
 }
 
 /// Errors starting the broker.
@@ -75,6 +80,9 @@ pub enum StartError {
     /// The configuration is unusable.
     #[error("invalid runtime configuration: {0}")]
     Config(String),
+    /// The write-ahead logs could not be recovered.
+    #[error(transparent)]
+    Recover(#[from] crate::durable::RecoverError),
 }
 
 /// Control messages from outside the shards (signals, admin). Polled with `try_recv`.
@@ -91,6 +99,10 @@ enum Envelope {
     /// Messages for the core, in order (one flush's worth for this shard).
     Core(Vec<MeshMessage>),
     HandOff(HandOff),
+    /// The sender has restored its log and sent everything a peer needs from it (its
+    /// subscriptions' interest, its retained messages): the last message before it
+    /// accepts clients.
+    Recovered,
 }
 
 /// A connection whose CONNECT was read on a shard that does not own its client id.
@@ -108,9 +120,20 @@ pub struct Broker {
     local_addr: SocketAddr,
     controls: Vec<crossbeam_channel::Sender<Control>>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    health: Vec<Arc<ShardHealth>>,
 }
 
 impl Broker {
+    /// Every shard has recovered, heard from every peer, and accepts clients.
+    pub fn is_ready(&self) -> bool {
+        self.health.iter().all(|h| h.ready.load(Ordering::Relaxed))
+    }
+
+    /// Per-shard health (readiness, log failure), for the admin side.
+    pub fn health(&self) -> &[Arc<ShardHealth>] {
+        &self.health
+    }
+
     /// The address the MQTT listener is bound to (the real port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -249,6 +272,16 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         }
     }
 
+    // Recover every shard's log before any shard runs (in parallel, one thread each).
+    let mut logs: Vec<Option<RecoveredLog>> = match &config.log {
+        Some(log_config) => crate::durable::recover(log_config, n)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..n).map(|_| None).collect(),
+    };
+    let health: Vec<Arc<ShardHealth>> = (0..n).map(|_| Arc::default()).collect();
+
     let io_memory_bytes = fit_io_memory(config.io_memory_bytes, n);
     let cpus = allowed_cpus();
     let mut controls = Vec::new();
@@ -259,6 +292,8 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         .zip(receivers)
         .enumerate()
     {
+        let log = logs[i].take();
+        let shard_health = health[i].clone();
         let shard = ShardId(i as u16);
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
         controls.push(control_tx);
@@ -272,14 +307,16 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
             .io_memory(io_memory_bytes)
             .ring_depth(config.ring_depth)
             .spawn(move || async move {
-                run_shard(
-                    shard,
+                run_shard(ShardSetup {
+                    id: shard,
                     config,
-                    listener,
-                    my_senders,
-                    my_receivers,
-                    control_rx,
-                )
+                    listener_fd: listener,
+                    senders: my_senders,
+                    receivers: my_receivers,
+                    control: control_rx,
+                    log,
+                    health: shard_health,
+                })
                 .await
             })
             .map_err(|e| StartError::Executor {
@@ -292,20 +329,21 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         local_addr,
         controls,
         handles,
+        health,
     })
 }
 
 /// Wakes a connection's writer: a flag and one waker (a channel would cost a few hundred
 /// bytes per connection for the same job).
 #[derive(Default)]
-struct Notify {
+pub(crate) struct Notify {
     notified: Cell<bool>,
     closed: Cell<bool>,
     waker: Cell<Option<std::task::Waker>>,
 }
 
 impl Notify {
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.notified.set(true);
         if let Some(waker) = self.waker.take() {
             waker.wake();
@@ -318,7 +356,7 @@ impl Notify {
     }
 
     /// Waits for a notification; false once closed.
-    async fn wait(&self) -> bool {
+    pub(crate) async fn wait(&self) -> bool {
         futures_lite::future::poll_fn(|cx| {
             if self.closed.get() {
                 std::task::Poll::Ready(false)
@@ -377,6 +415,14 @@ struct Shard {
     drained: Drained,
     /// The buffer every socket read of this shard goes through (see `read_some`).
     scratch: RefCell<Box<[u8]>>,
+    /// Wakes the log task: the core has records.
+    log_wake: Notify,
+    /// Tells the log task to write what is left and end.
+    log_stop: Cell<bool>,
+    /// Peers that have sent `Envelope::Recovered`.
+    peers_recovered: Cell<usize>,
+    /// Woken at each `Envelope::Recovered`.
+    peer_recovered: Notify,
 }
 
 impl Shard {
@@ -401,6 +447,9 @@ impl Shard {
             let mut core = self.core.borrow_mut();
             core.drain_woken(&mut woken);
             core.drain_mesh(&mut mesh);
+            if core.has_records() {
+                self.log_wake.notify();
+            }
         }
         let writers = self.writers.borrow();
         for conn_id in woken {
@@ -479,14 +528,29 @@ impl Shard {
     }
 }
 
-async fn run_shard(
+/// Everything a shard's executor starts with.
+struct ShardSetup {
     id: ShardId,
     config: RuntimeConfig,
     listener_fd: OwnedFd,
     senders: Vec<Option<SharedSender<Envelope>>>,
     receivers: Vec<Option<SharedReceiver<Envelope>>>,
     control: crossbeam_channel::Receiver<Control>,
-) {
+    log: Option<RecoveredLog>,
+    health: Arc<ShardHealth>,
+}
+
+async fn run_shard(setup: ShardSetup) {
+    let ShardSetup {
+        id,
+        config,
+        listener_fd,
+        senders,
+        receivers,
+        control,
+        log,
+        health,
+    } = setup;
     // Connect the mesh in one global order (channel from->to, by from then to), the same
     // on every shard, so rendezvous never wait on each other in a cycle.
     let n = usize::from(config.shards);
@@ -528,9 +592,14 @@ async fn run_shard(
     connecting.set(false);
 
     let limits = config.limits.clone();
+    let mut core = ShardCore::new(id, config.shards, limits);
+    if let (Some(log_config), Some(log)) = (&config.log, &log) {
+        core = core.with_durability(log_config.durability);
+        core.restore(&log.state);
+    }
     let shard = Rc::new(Shard {
         id,
-        core: RefCell::new(ShardCore::new(id, config.shards, limits)),
+        core: RefCell::new(core),
         senders: connected_senders,
         writers: RefCell::new(AHashMap::new()),
         next_conn: Cell::new(0),
@@ -539,8 +608,38 @@ async fn run_shard(
         stopping: Cell::new(false),
         scratch: RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice()),
         drained: Drained::default(),
+        log_wake: Notify::default(),
+        log_stop: Cell::new(false),
+        peers_recovered: Cell::new(0),
+        peer_recovered: Notify::default(),
         config,
     });
+
+    let log_task = match (shard.config.log.clone(), log) {
+        (Some(log_config), Some(RecoveredLog { wal, state, .. })) => {
+            let shard = shard.clone();
+            let health = health.clone();
+            Some(glommio::spawn_local(async move {
+                let after_round = || shard.flush_nowait();
+                let task = crate::durable::LogTask {
+                    config: log_config,
+                    shard: u32::from(shard.id.0),
+                    health,
+                    wal,
+                    state,
+                };
+                crate::durable::run_log(
+                    &shard.core,
+                    &shard.log_wake,
+                    &shard.log_stop,
+                    task,
+                    after_round,
+                )
+                .await;
+            }))
+        }
+        _ => None,
+    };
 
     for (from, rx) in connected_receivers {
         let shard = shard.clone();
@@ -560,6 +659,10 @@ async fn run_shard(
                         shard.pace().await;
                         futures_lite::future::yield_now().await;
                     }
+                    Envelope::Recovered => {
+                        shard.peers_recovered.set(shard.peers_recovered.get() + 1);
+                        shard.peer_recovered.notify();
+                    }
                     Envelope::HandOff(handoff) => {
                         // SAFETY: the fd is a connected TCP socket we own (moved here).
                         let stream =
@@ -573,6 +676,17 @@ async fn run_shard(
         })
         .detach();
     }
+
+    // What the restored state owes the peers (interest, retained replicas), then the
+    // marker after it; clients are accepted once every peer's marker has arrived.
+    shard.flush().await;
+    for sender in shard.senders.iter().flatten() {
+        let _ = sender.send(Envelope::Recovered).await;
+    }
+    while shard.peers_recovered.get() + 1 < n {
+        shard.peer_recovered.wait().await;
+    }
+    health.ready.store(true, Ordering::Relaxed);
 
     // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
@@ -657,6 +771,13 @@ async fn run_shard(
     let deadline = Instant::now() + Duration::from_secs(2);
     while shard.open_connections.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    // The log writes (and syncs) what is left, then ends.
+    shard.log_stop.set(true);
+    shard.log_wake.notify();
+    if let Some(task) = log_task {
+        task.await;
     }
 }
 

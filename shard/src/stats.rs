@@ -48,4 +48,22 @@ pub struct ShardStats {
     /// Recovered sessions' entries or retained messages skipped because this build
     /// cannot use them (e.g. a topic it rejects).
     pub restore_skipped_total: u64,
+    /// Write-ahead log: records appended.
+    pub wal_records_total: u64,
+    /// Write-ahead log: batches written (one write each).
+    pub wal_writes_total: u64,
+    /// Write-ahead log: `fdatasync`s of a batch (durability `sync`: one per batch).
+    pub wal_syncs_total: u64,
+    /// Write-ahead log: bytes of segments since the last snapshot.
+    pub wal_segment_bytes: u64,
+    /// Write-ahead log: snapshots written by compaction.
+    pub wal_compactions_total: u64,
+    /// Write-ahead log: the longest compaction, during which commits waited (ms).
+    pub wal_compaction_ms_max: u64,
+    /// Write-ahead log: write or sync failures (each makes the log unhealthy until reopened).
+    pub wal_failures_total: u64,
+    /// Write-ahead log: the latest batch commit took this long (µs), and the longest.
+    pub wal_commit_us_last: u64,
+    /// See `wal_commit_us_last`.
+    pub wal_commit_us_max: u64,
 }

@@ -2246,12 +2246,12 @@ impl Sim {
                 restored[to.index()].handle_mesh(ShardId(k as u16), message);
             }
         }
-        for k in 0..usize::from(n) {
+        for (k, restored) in restored.iter().enumerate() {
             let live: BTreeMap<String, (Vec<u8>, QoS)> = retained_of(&self.shards[k]);
-            let back: BTreeMap<String, (Vec<u8>, QoS)> = retained_of(&restored[k]);
+            let back: BTreeMap<String, (Vec<u8>, QoS)> = retained_of(restored);
             assert_eq!(back, live, "shard {k}: retained store after a restore");
             assert_eq!(
-                restored[k].subscription_count(),
+                restored.subscription_count(),
                 self.shards[k]
                     .sessions()
                     .filter(|s| !s.clean_session)
