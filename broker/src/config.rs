@@ -35,7 +35,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::USER_ENV_PREFIX;
+use crate::auth::env::USER_ENV_PREFIX;
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "CUTIE_";
@@ -846,12 +846,14 @@ mod tests {
             parsed,
             Cli {
                 config: Some(PathBuf::from("x.toml")),
-                listen: Some("127.0.0.1:1884".parse().unwrap()),
+                listen: Some("127.0.0.1:1884".parse::<SocketAddr>().unwrap()),
                 shards: Some(3),
                 data_dir: Some(PathBuf::from("/var/lib/cutie")),
-                admin: Some("127.0.0.1:9191".parse().unwrap()),
+                admin: Some("127.0.0.1:9191".parse::<SocketAddr>().unwrap()),
                 log_level: Some("debug".to_owned()),
                 no_pin_cores: true,
+                durability: None,
+                recover_skip_corrupt: false,
                 print_config: true,
             }
         );
@@ -869,8 +871,14 @@ mod tests {
         assert!(config.pin_cores);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.log_level, "info");
-        assert_eq!(config.listener.tcp, "0.0.0.0:1883".parse().unwrap());
-        assert_eq!(config.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            config.listener.tcp,
+            "0.0.0.0:1883".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            config.admin.listen,
+            "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+        );
         assert!(config.admin.enabled);
         assert_eq!(config.limits.max_packet_size, 1_048_576);
         assert_eq!(config.limits.max_connections, 100_000);
@@ -900,7 +908,10 @@ mod tests {
         let config = load_from(&Cli::default(), env(&[]), dir.path()).unwrap();
         assert_eq!(config.shards, 3);
         assert!(!config.pin_cores);
-        assert_eq!(config.listener.tcp, "127.0.0.1:1999".parse().unwrap());
+        assert_eq!(
+            config.listener.tcp,
+            "127.0.0.1:1999".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(config.limits.max_inflight, 7);
         // Keys the file does not mention keep their defaults, also inside a table.
         assert_eq!(config.limits.max_queued_messages, 1000);
@@ -924,7 +935,10 @@ mod tests {
         assert_eq!(config.shards, 5);
         assert_eq!(config.limits.max_inflight, 11);
         assert_eq!(config.limits.max_connections, 9);
-        assert_eq!(config.listener.tcp, "127.0.0.1:2883".parse().unwrap());
+        assert_eq!(
+            config.listener.tcp,
+            "127.0.0.1:2883".parse::<SocketAddr>().unwrap()
+        );
         assert!(!config.pin_cores);
     }
 
@@ -958,8 +972,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.shards, 2);
-        assert_eq!(config.listener.tcp, "127.0.0.1:3883".parse().unwrap());
-        assert_eq!(config.admin.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(
+            config.listener.tcp,
+            "127.0.0.1:3883".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            config.admin.listen,
+            "127.0.0.1:9999".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(config.data_dir, PathBuf::from("/tmp/flag-data"));
         assert_eq!(config.log_level, "debug");
         assert!(!config.pin_cores);
@@ -1255,7 +1275,7 @@ mod tests {
         );
 
         let mut config = Config::default();
-        config.admin.listen = "127.0.0.1:1883".parse().unwrap();
+        config.admin.listen = "127.0.0.1:1883".parse::<SocketAddr>().unwrap();
         config.admin.enabled = false;
         assert_eq!(
             config.validate(),
@@ -1271,7 +1291,7 @@ mod tests {
         config.pin_cores = false;
         config.data_dir = PathBuf::from("/var/lib/cutie");
         config.log_level = "warn,cutie_shard=debug".to_owned();
-        config.listener.tcp = "[::1]:1884".parse().unwrap();
+        config.listener.tcp = "[::1]:1884".parse::<SocketAddr>().unwrap();
         config.admin.enabled = false;
         config.limits.max_inflight = 65535;
         config.limits.connect_timeout_secs = 30;

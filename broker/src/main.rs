@@ -1,13 +1,18 @@
 //! `cutie`: the broker binary.
 //!
 //! - [`config`]: defaults -> `cutie.toml` -> `CUTIE_*` environment -> flags, validated.
+//! - [`auth`]: password files, `CUTIE_USER_*` users and ACL files (checks only; not yet
+//!   called by the connection path).
+//! - [`passwd`]: the `cutie passwd` subcommand, a `mosquitto_passwd` work-alike.
 //! - `main` (here): logging, the data directory lock, signals, starting and stopping the
 //!   shards ([`cutie_shard::runtime`]).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a configuration error,
 //! 3 when the broker cannot start (address in use, data directory locked, executor setup).
 
+mod auth;
 mod config;
+mod passwd;
 
 use clap::Parser;
 use config::DurabilityMode;
@@ -23,6 +28,13 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_START: u8 = 3;
 
 fn main() -> ExitCode {
+    // `cutie passwd ...` manages a password file and never starts a broker.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "passwd")
+    {
+        return passwd::main(std::env::args_os().skip(2));
+    }
     let cli = Cli::parse();
     let config = match config::load(&cli) {
         Ok(config) => config,

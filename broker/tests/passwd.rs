@@ -1,0 +1,426 @@
+//! `cutie passwd` and the password-file parser against the real Mosquitto tools:
+//!
+//! - the built `cutie passwd` creates, updates and deletes users, keeps other lines,
+//!   writes mode 0600, prompts on standard input, and refuses bad command lines;
+//! - files written by `mosquitto_passwd` (`$7$` and `$6$`) verify with our parser;
+//! - a real Mosquitto broker (`allow_anonymous false`, `password_file` written by
+//!   `cutie passwd`) accepts `mosquitto_pub` with the right password and refuses a wrong
+//!   one, an unknown user and an anonymous client.
+//!
+//! The Mosquitto parts are skipped, with a note on stderr, where the tools are not
+//! installed; `scripts/test-all` (and so CI) installs them.
+
+#![allow(clippy::unwrap_used)]
+
+// The parser under test, compiled into this test crate (the broker is a binary crate).
+#[path = "../src/auth/mod.rs"]
+mod auth;
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use auth::PasswordFile;
+
+const CUTIE: &str = env!("CARGO_BIN_EXE_cutie");
+
+/// How long a child process may take before the test gives up on it.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Finds an executable on PATH or in the usual system directories.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn tool_or_skip(name: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        eprintln!("note: {name} is not installed; skipping this test (apt-get install mosquitto mosquitto-clients)");
+    }
+    found
+}
+
+/// Runs a command to completion with `stdin` as its input, killing it after
+/// [`CHILD_TIMEOUT`].
+fn run(program: impl AsRef<OsStr>, args: &[&str], stdin: &[u8]) -> Output {
+    let program = program.as_ref();
+    let mut child = KillOnDrop(
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program:?}: {e}")),
+    );
+    let mut input = child.0.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{program:?} {args:?} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The outputs are small: the pipes held them while the child ran.
+    let read_all = |pipe: Option<&mut dyn std::io::Read>| {
+        let mut bytes = Vec::new();
+        if let Some(pipe) = pipe {
+            pipe.read_to_end(&mut bytes).unwrap();
+        }
+        bytes
+    };
+    Output {
+        status,
+        stdout: read_all(child.0.stdout.as_mut().map(|p| p as &mut dyn std::io::Read)),
+        stderr: read_all(child.0.stderr.as_mut().map(|p| p as &mut dyn std::io::Read)),
+    }
+}
+
+fn cutie_passwd(args: &[&str]) -> Output {
+    cutie_passwd_with_input(args, b"")
+}
+
+fn cutie_passwd_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut all = vec!["passwd"];
+    all.extend_from_slice(args);
+    run(CUTIE, &all, stdin)
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn batch_mode_creates_a_0600_file_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let output = cutie_passwd(&["-c", "-b", path_str(&file), "alice", "s3cret: with blanks"]);
+    assert_success(&output, "cutie passwd -c -b");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("alice:$7$4096$"), "{text}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let users = PasswordFile::load(&file).unwrap();
+    assert!(users.verify("alice", b"s3cret: with blanks"));
+    assert!(!users.verify("alice", b"s3cret"));
+}
+
+#[test]
+fn updates_keep_other_lines_and_delete_removes_one_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = path_str(&file);
+    assert_success(&cutie_passwd(&["-c", "-b", f, "alice", "one"]), "create");
+    // A comment added by hand stays.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.insert_str(0, "# managed by hand too\n");
+    std::fs::write(&file, &text).unwrap();
+    assert_success(&cutie_passwd(&["-b", f, "bob", "two"]), "add bob");
+    assert_success(&cutie_passwd(&["-b", f, "alice", "three"]), "change alice");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "# managed by hand too");
+    assert!(
+        lines[1].starts_with("alice:") && lines[2].starts_with("bob:"),
+        "{text}"
+    );
+    let users = PasswordFile::load(&file).unwrap();
+    assert!(users.verify("alice", b"three") && !users.verify("alice", b"one"));
+    assert!(users.verify("bob", b"two"));
+
+    assert_success(&cutie_passwd(&["-D", f, "alice"]), "delete alice");
+    let users = PasswordFile::load(&file).unwrap();
+    assert!(!users.contains("alice") && users.verify("bob", b"two"));
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .starts_with("# managed by hand too\n"));
+
+    let output = cutie_passwd(&["-D", f, "alice"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("user 'alice' not found"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn prompts_twice_on_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = path_str(&file);
+    let output = cutie_passwd_with_input(&["-c", f, "carol"], b"typed pw\ntyped pw\n");
+    assert_success(&output, "prompted create");
+    assert!(
+        stderr(&output).contains("Password: "),
+        "{}",
+        stderr(&output)
+    );
+    assert!(PasswordFile::load(&file)
+        .unwrap()
+        .verify("carol", b"typed pw"));
+
+    let before = std::fs::read_to_string(&file).unwrap();
+    let output = cutie_passwd_with_input(&[f, "carol"], b"first\nsecond\n");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("passwords do not match"),
+        "{}",
+        stderr(&output)
+    );
+    let output = cutie_passwd_with_input(&[f, "carol"], b"only one line\n");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("end of input"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "file untouched"
+    );
+}
+
+#[test]
+fn bad_command_lines_and_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = path_str(&file);
+    let code = |args: &[&str]| cutie_passwd(args).status.code();
+    assert_eq!(code(&["-b", f, "alice"]), Some(2), "-b without a password");
+    assert_eq!(
+        code(&["-c", f, "alice", "pw"]),
+        Some(2),
+        "a password without -b"
+    );
+    assert_eq!(code(&["-D", "-c", f, "alice"]), Some(2));
+    assert_eq!(
+        code(&["-b", f, "alice", "pw"]),
+        Some(1),
+        "no file and no -c"
+    );
+    assert_eq!(
+        code(&["-c", "-b", f, "a:b", "pw"]),
+        Some(1),
+        "':' in a user name"
+    );
+    assert_eq!(
+        code(&["-c", "-b", f, "alice", ""]),
+        Some(1),
+        "empty password"
+    );
+    assert!(!file.exists());
+    assert_eq!(code(&["--help"]), Some(0));
+}
+
+#[test]
+fn files_written_by_mosquitto_passwd_verify_with_our_parser() {
+    let Some(mosquitto_passwd) = tool_or_skip("mosquitto_passwd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = path_str(&file);
+    let ok = |args: &[&str]| assert_success(&run(&mosquitto_passwd, args, b""), "mosquitto_passwd");
+    ok(&["-c", "-b", f, "alice", "pbkdf2 pw"]);
+    ok(&["-b", "-H", "sha512", f, "bob", "sha512 pw"]);
+    ok(&["-b", f, "Carol", "p:ss"]);
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("alice:$7$") && text.contains("bob:$6$"),
+        "{text}"
+    );
+    let users = PasswordFile::load(&file).unwrap();
+    assert_eq!(users.len(), 3);
+    assert!(users.verify("alice", b"pbkdf2 pw"));
+    assert!(users.verify("bob", b"sha512 pw"));
+    assert!(users.verify("Carol", b"p:ss"));
+    assert!(!users.verify("alice", b"sha512 pw"));
+    assert!(!users.verify("carol", b"p:ss"));
+
+    // And `cutie passwd` edits a Mosquitto file without disturbing its other users.
+    assert_success(&cutie_passwd(&["-b", f, "dave", "cutie pw"]), "cutie adds");
+    let users = PasswordFile::load(&file).unwrap();
+    assert!(users.verify("alice", b"pbkdf2 pw") && users.verify("dave", b"cutie pw"));
+}
+
+/// Mosquitto's stdout and stderr, in the test's temporary directory.
+const MOSQUITTO_LOG: &str = "mosquitto.log";
+
+/// A Mosquitto broker on an ephemeral loopback port, killed on drop.
+struct Mosquitto {
+    port: u16,
+    _child: KillOnDrop,
+}
+
+impl Mosquitto {
+    fn start(program: &Path, dir: &Path, password_file: &Path) -> Mosquitto {
+        // Bind port 0 to have the kernel pick a free port, then hand it to Mosquitto.
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous false\n\
+                 password_file {}\n\
+                 persistence false\n\
+                 # Run as root (as in CI), Mosquitto would switch to the 'mosquitto' user\n\
+                 # and could not read a 0600 file in a 0700 directory.\n\
+                 user root\n",
+                password_file.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(MOSQUITTO_LOG)).unwrap();
+        let mut child = KillOnDrop(
+            Command::new(program)
+                .arg("-c")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + CHILD_TIMEOUT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                panic!("mosquitto exited ({status}): {}", read_logs(dir));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen: {}",
+                read_logs(dir)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            port,
+            _child: child,
+        }
+    }
+
+    /// Publishes one message as `user`/`password` (anonymously with `None`).
+    fn publish(&self, credentials: Option<(&str, &str)>) -> (ExitStatus, String) {
+        let port = self.port.to_string();
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "auth/test",
+            "-m",
+            "hi",
+            "-q",
+            "1",
+        ];
+        if let Some((user, password)) = credentials {
+            args.extend(["-u", user, "-P", password]);
+        }
+        let Some(mosquitto_pub) = find_tool("mosquitto_pub") else {
+            panic!("mosquitto_pub disappeared");
+        };
+        let output = run(mosquitto_pub, &args, b"");
+        (output.status, stderr(&output))
+    }
+}
+
+fn read_logs(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(MOSQUITTO_LOG)).unwrap_or_default()
+}
+
+#[test]
+fn mosquitto_accepts_a_password_file_written_by_cutie_passwd() {
+    let (Some(mosquitto), Some(_), Some(mosquitto_passwd)) = (
+        tool_or_skip("mosquitto"),
+        tool_or_skip("mosquitto_pub"),
+        tool_or_skip("mosquitto_passwd"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = path_str(&file);
+    assert_success(
+        &cutie_passwd(&["-c", "-b", f, "alice", "alice's pw"]),
+        "cutie",
+    );
+    // mosquitto_passwd reads our file and adds its own user next to ours.
+    assert_success(
+        &run(&mosquitto_passwd, &["-b", f, "bob", "bob pw"], b""),
+        "mosquitto_passwd",
+    );
+    assert!(PasswordFile::load(&file).unwrap().verify("bob", b"bob pw"));
+
+    let broker = Mosquitto::start(&mosquitto, dir.path(), &file);
+    let (status, err) = broker.publish(Some(("alice", "alice's pw")));
+    assert!(
+        status.success(),
+        "right password refused: {err}\n{}",
+        read_logs(dir.path())
+    );
+    let (status, err) = broker.publish(Some(("bob", "bob pw")));
+    assert!(status.success(), "mosquitto_passwd's user refused: {err}");
+
+    for (credentials, what) in [
+        (Some(("alice", "wrong")), "wrong password"),
+        (Some(("alice", "alice's p")), "prefix of the password"),
+        (Some(("mallory", "alice's pw")), "unknown user"),
+        (None, "anonymous"),
+    ] {
+        let (status, err) = broker.publish(credentials);
+        assert!(!status.success(), "{what} accepted");
+        assert!(err.contains("not authorised"), "{what}: {err}");
+    }
+    let logs = read_logs(dir.path());
+    assert!(logs.contains("u'alice'"), "{logs}");
+}
