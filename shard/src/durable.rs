@@ -280,6 +280,7 @@ struct Round {
 
 #[derive(Default)]
 struct RoundDone {
+    records: u64,
     synced: bool,
     written: bool,
     commit_us: u64,
@@ -385,6 +386,7 @@ pub(crate) async fn run_log(
                 Ok(done) => {
                     if done.written {
                         core.stats.wal_writes_total += 1;
+                        core.stats.wal_records_total += done.records;
                         unsynced = true;
                     }
                     if done.synced {
@@ -506,6 +508,7 @@ fn log_round(
         if !records.is_empty() {
             wal.write()?;
             done.written = true;
+            done.records = records.len() as u64;
         }
         if sync {
             wal.sync()?;

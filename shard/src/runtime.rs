@@ -760,6 +760,13 @@ async fn run_shard(setup: ShardSetup) {
                 + stats.dropped_outbound_full_total
                 + stats.dropped_offline_total,
             protocol_errors_total = stats.protocol_errors_total,
+            wal_records_total = stats.wal_records_total,
+            wal_writes_total = stats.wal_writes_total,
+            wal_syncs_total = stats.wal_syncs_total,
+            wal_commit_us_max = stats.wal_commit_us_max,
+            wal_compactions_total = stats.wal_compactions_total,
+            wal_compaction_ms_max = stats.wal_compaction_ms_max,
+            wal_failures_total = stats.wal_failures_total,
             "shard shutting down"
         );
     }
