@@ -19,7 +19,7 @@ pub const FILE_HEADER_BYTES: usize = 40;
 
 /// Version of everything in `FORMAT.md`: file headers, framing and the archived `Record`.
 /// A reader refuses files of any other version instead of guessing.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Magic bytes opening a log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CUTIEWAL";
@@ -427,12 +427,13 @@ mod tests {
             record_count: 0,
         }
         .encode();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let other = FORMAT_VERSION + 1;
+        bytes[8..12].copy_from_slice(&other.to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..36]);
         bytes[36..40].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             FileHeader::decode(&bytes, FileKind::Segment),
-            Err(HeaderError::UnsupportedVersion(2))
+            Err(HeaderError::UnsupportedVersion(other))
         );
     }
 

@@ -95,7 +95,14 @@ pub enum Record {
     /// The message (queued or inflight) was dropped: queue overflow, expiry, admin.
     MessageDiscarded { client_id: String, message_id: u64 },
     /// A QoS 2 PUBLISH with `packet_id` was received and PUBREC sent: awaiting PUBREL.
-    InboundQos2 { client_id: String, packet_id: u16 },
+    InboundQos2 {
+        client_id: String,
+        packet_id: u16,
+        /// The id the message was forwarded to other shards under (0: not forwarded
+        /// with one): a resend after a restart is forwarded again under it, and the
+        /// receiving shards recognise it ([`Record::ForwardSeen`]).
+        forward_id: u128,
+    },
     /// PUBREL received and PUBCOMP sent: `packet_id` is free again.
     InboundQos2Released { client_id: String, packet_id: u16 },
     /// The retained message of `topic` is now this one.
@@ -106,6 +113,11 @@ pub enum Record {
     },
     /// `topic` no longer has a retained message.
     RetainClear { topic: String },
+    /// A QoS 2 message forwarded by another shard under `forward_id` was delivered
+    /// here (logged after its `MessageQueued` records): a second copy is not delivered.
+    ForwardSeen { forward_id: u128 },
+    /// The publisher released that message (PUBREL): the id will not come again.
+    ForwardDone { forward_id: u128 },
 }
 
 impl Record {
@@ -126,6 +138,8 @@ impl Record {
             Record::InboundQos2Released { .. } => "InboundQos2Released",
             Record::RetainSet { .. } => "RetainSet",
             Record::RetainClear { .. } => "RetainClear",
+            Record::ForwardSeen { .. } => "ForwardSeen",
+            Record::ForwardDone { .. } => "ForwardDone",
         }
     }
 }
@@ -235,7 +249,12 @@ mod tests {
             Record::InboundQos2 {
                 client_id: c(),
                 packet_id: 300,
+                forward_id: u128::MAX - 5,
             },
+            Record::ForwardSeen {
+                forward_id: 1 << 100,
+            },
+            Record::ForwardDone { forward_id: 7 },
             Record::InboundQos2Released {
                 client_id: c(),
                 packet_id: 300,

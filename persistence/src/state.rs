@@ -57,7 +57,8 @@ pub struct SessionState {
     subscriptions: BTreeMap<String, u8>,
     queue: VecDeque<Message>,
     inflight: BTreeMap<u16, Inflight>,
-    inbound_qos2: BTreeSet<u16>,
+    /// Packet id -> the forward id its message went to other shards under (0: none).
+    inbound_qos2: BTreeMap<u16, u128>,
     /// Ids of every message in `queue` or `inflight`; derived, kept to find duplicates
     /// without a scan.
     message_ids: BTreeSet<u64>,
@@ -93,7 +94,7 @@ impl SessionState {
 
     /// Packet ids of QoS 2 PUBLISHes received and PUBRECed, awaiting PUBREL.
     #[must_use]
-    pub fn inbound_qos2(&self) -> &BTreeSet<u16> {
+    pub fn inbound_qos2(&self) -> &BTreeMap<u16, u128> {
         &self.inbound_qos2
     }
 
@@ -146,9 +147,10 @@ impl SessionState {
         let inbound = self
             .inbound_qos2
             .iter()
-            .map(move |packet_id| Record::InboundQos2 {
+            .map(move |(packet_id, forward_id)| Record::InboundQos2 {
                 client_id: c(),
                 packet_id: *packet_id,
+                forward_id: *forward_id,
             });
         put.chain(subscriptions)
             .chain(inflight)
@@ -206,6 +208,8 @@ pub enum Misfit {
 pub struct DurableState {
     sessions: BTreeMap<String, SessionState>,
     retained: BTreeMap<String, RetainedMessage>,
+    /// Ids of QoS 2 messages other shards forwarded here and have not released.
+    forwarded: BTreeSet<u128>,
     /// Records ignored because they did not fit; not part of the state's identity.
     misfits: u64,
 }
@@ -213,7 +217,9 @@ pub struct DurableState {
 /// Equality is of sessions and retained messages; the misfit counter is history, not state.
 impl PartialEq for DurableState {
     fn eq(&self, other: &Self) -> bool {
-        self.sessions == other.sessions && self.retained == other.retained
+        self.sessions == other.sessions
+            && self.retained == other.retained
+            && self.forwarded == other.forwarded
     }
 }
 
@@ -242,6 +248,12 @@ impl DurableState {
     #[must_use]
     pub fn retained(&self) -> &BTreeMap<String, RetainedMessage> {
         &self.retained
+    }
+
+    /// Ids of QoS 2 messages forwarded here by other shards and not yet released.
+    #[must_use]
+    pub fn forwarded(&self) -> &BTreeSet<u128> {
+        &self.forwarded
     }
 
     /// How many records applied to this state (since it was created) did not fit.
@@ -386,16 +398,24 @@ impl DurableState {
             Record::InboundQos2 {
                 client_id,
                 packet_id,
+                forward_id,
             } => {
-                if !self.session_mut(client_id)?.inbound_qos2.insert(*packet_id) {
+                let session = self.session_mut(client_id)?;
+                if session.inbound_qos2.contains_key(packet_id) {
                     return Err(Misfit::AlreadyInPhase);
                 }
+                session.inbound_qos2.insert(*packet_id, *forward_id);
             }
             Record::InboundQos2Released {
                 client_id,
                 packet_id,
             } => {
-                if !self.session_mut(client_id)?.inbound_qos2.remove(packet_id) {
+                if self
+                    .session_mut(client_id)?
+                    .inbound_qos2
+                    .remove(packet_id)
+                    .is_none()
+                {
                     return Err(Misfit::UnknownPacketId);
                 }
             }
@@ -415,6 +435,12 @@ impl DurableState {
             Record::RetainClear { topic } => {
                 self.retained.remove(topic);
             }
+            Record::ForwardSeen { forward_id } => {
+                self.forwarded.insert(*forward_id);
+            }
+            Record::ForwardDone { forward_id } => {
+                self.forwarded.remove(forward_id);
+            }
         }
         Ok(())
     }
@@ -432,7 +458,10 @@ impl DurableState {
             .sessions
             .iter()
             .flat_map(|(client_id, session)| session.records(client_id));
-        retained.chain(sessions)
+        let forwarded = self.forwarded.iter().map(|forward_id| Record::ForwardSeen {
+            forward_id: *forward_id,
+        });
+        retained.chain(sessions).chain(forwarded)
     }
 
     /// Records that rebuild one session (empty when there is no such session): what
@@ -449,6 +478,7 @@ impl DurableState {
     #[must_use]
     pub fn records_len(&self) -> u64 {
         self.retained.len() as u64
+            + self.forwarded.len() as u64
             + self
                 .sessions
                 .values()
@@ -571,6 +601,7 @@ mod tests {
         s.apply(&Record::InboundQos2 {
             client_id: c(),
             packet_id: 5,
+            forward_id: 0,
         })
         .unwrap();
         s.apply(&Record::SessionDrop { client_id: c() }).unwrap();
@@ -645,6 +676,7 @@ mod tests {
         s.apply(&Record::InboundQos2 {
             client_id: c(),
             packet_id: 9,
+            forward_id: 3,
         })
         .unwrap();
         let order: Vec<u16> = s

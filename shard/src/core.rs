@@ -17,7 +17,7 @@
 use crate::message::{
     owner_of, ConnId, MeshMessage, Message, RetainedVersion, ShardId, ShardSet, Token,
 };
-use crate::session::{DropReason, Inflight, OutboundState, Queued, Session, SessionKey};
+use crate::session::{DropReason, Inbound, Inflight, OutboundState, Queued, Session, SessionKey};
 use crate::stats::ShardStats;
 use crate::trie::Trie;
 use ahash::AHashMap;
@@ -99,6 +99,11 @@ struct Log {
     mesh_acks: VecDeque<(u64, ShardId, Token)>,
     /// Connections with output held by a gate.
     gated: Vec<ConnId>,
+    /// Mesh output from this index of `mesh_out` on waits until the log has committed
+    /// this sequence number: a QoS 2 message of a persistent publisher is forwarded only
+    /// once its `InboundQos2` record (with the forward id) is durable, so no other shard
+    /// can hold a message the publisher's shard has forgotten after a crash.
+    mesh_hold: Option<(usize, u64)>,
     /// False after a write or sync failed: QoS 1/2 publishes are refused.
     healthy: bool,
 }
@@ -219,6 +224,12 @@ pub struct ShardCore {
     pressure: Option<SessionKey>,
     /// The write-ahead log's side in the core; `None`: nothing is logged.
     log: Option<Log>,
+    /// Forward ids of QoS 2 messages other shards forwarded here and have not released
+    /// (see [`MeshMessage::Publish`]).
+    forwarded: ahash::AHashSet<u128>,
+    /// This incarnation of the shard (unique across restarts) in the high bits, a
+    /// counter in the low bits: the next forward id.
+    next_forward_id: u128,
     /// Counters, read by the runtime.
     pub stats: ShardStats,
 }
@@ -249,6 +260,8 @@ impl ShardCore {
             now_ms: 0,
             pressure: None,
             log: None,
+            forwarded: ahash::AHashSet::new(),
+            next_forward_id: (u128::from(id.0) << 48) | 1,
             stats: ShardStats::default(),
         }
     }
@@ -263,9 +276,22 @@ impl ShardCore {
             committed: 0,
             mesh_acks: VecDeque::new(),
             gated: Vec::new(),
+            mesh_hold: None,
             healthy: true,
         });
         self
+    }
+
+    /// Sets this run's incarnation, a number no earlier run of the shard used (the
+    /// runtime passes the start time in nanoseconds): forward ids are unique across
+    /// restarts because they start with it.
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.next_forward_id = (u128::from(incarnation) << 64) | (u128::from(self.id.0) << 48) | 1;
+    }
+
+    /// Forward ids of forwarded QoS 2 messages not yet released (for tests).
+    pub fn forwarded_ids(&self) -> impl Iterator<Item = u128> + '_ {
+        self.forwarded.iter().copied()
     }
 
     /// Rebuilds the persistent sessions and the retained messages this shard owns from
@@ -320,9 +346,16 @@ impl ShardCore {
                 }
             }
             session.next_message_id = last_id + 1;
-            for packet_id in stored.inbound_qos2() {
+            for (packet_id, forward_id) in stored.inbound_qos2() {
                 if let Some(packet_id) = PacketId::new(*packet_id) {
-                    session.inbound_qos2.insert(packet_id, None);
+                    session.inbound_qos2.insert(
+                        packet_id,
+                        Inbound {
+                            token: None,
+                            forward_id: *forward_id,
+                            restored: true,
+                        },
+                    );
                 }
             }
             let key = self.sessions.insert(session);
@@ -340,6 +373,7 @@ impl ShardCore {
                 }
             }
         }
+        self.forwarded.extend(state.forwarded().iter().copied());
         for (topic, retained) in state.retained() {
             let (Ok(topic), Ok(qos)) = (
                 TopicName::new(topic.as_str()),
@@ -419,6 +453,9 @@ impl ShardCore {
         let Some(log) = &mut self.log else { return };
         log.committed = log.committed.max(seq);
         let committed = log.committed;
+        if log.mesh_hold.is_some_and(|(_, needed)| needed <= committed) {
+            log.mesh_hold = None;
+        }
         while let Some(&(needed, to, token)) = log.mesh_acks.front() {
             if needed > committed {
                 break;
@@ -459,6 +496,9 @@ impl ShardCore {
         }
         log.healthy = false;
         log.mesh_acks.clear();
+        // Nothing will be committed: what was held goes now (durability is void until
+        // the log is reopened, and QoS 1/2 publishes are refused meanwhile).
+        log.mesh_hold = None;
         let mut gated = std::mem::take(&mut log.gated);
         gated.sort_unstable();
         for conn_id in gated {
@@ -779,9 +819,21 @@ impl ShardCore {
         into.append(&mut self.woken);
     }
 
-    /// Messages for other shards produced since the last call.
+    /// Whether mesh output is held for a commit (see [`ShardCore::drain_mesh`]).
+    pub fn has_held_mesh(&self) -> bool {
+        self.log.as_ref().is_some_and(|log| log.mesh_hold.is_some())
+    }
+
+    /// Messages for other shards produced since the last call (those behind a hold
+    /// wait for a commit: see [`ShardCore::records_committed`]).
     pub fn drain_mesh(&mut self, into: &mut Vec<(ShardId, MeshMessage)>) {
-        into.append(&mut self.mesh_out);
+        match self.log.as_mut().and_then(|log| log.mesh_hold.as_mut()) {
+            Some((index, _)) => {
+                into.extend(self.mesh_out.drain(..*index));
+                *index = 0;
+            }
+            None => into.append(&mut self.mesh_out),
+        }
     }
 
     /// A message from shard `from`.
@@ -792,17 +844,37 @@ impl ShardCore {
                 message,
                 ack,
                 retained,
+                forward_id,
             } => {
                 if let (true, Some(version)) = (message.retain, retained) {
                     self.store_retained(&message, version);
                 }
-                self.deliver_local(&message);
+                match forward_id {
+                    Some(id) if self.forwarded.contains(&id) => {
+                        // A second forward of a QoS 2 message delivered here already.
+                        self.stats.forward_duplicates_total += 1;
+                    }
+                    Some(id) => {
+                        self.deliver_local(&message);
+                        self.forwarded.insert(id);
+                        // After the deliveries' records: if this one is durable, so are they.
+                        log_record(&mut self.log, || Record::ForwardSeen { forward_id: id });
+                    }
+                    None => {
+                        self.deliver_local(&message);
+                    }
+                }
                 if let Some(token) = ack {
                     self.ack_when_committed(from, token);
                 }
             }
             MeshMessage::Retained { message, version } => {
                 self.store_retained(&message, version);
+            }
+            MeshMessage::ForwardDone { forward_id } => {
+                if self.forwarded.remove(&forward_id) {
+                    log_record(&mut self.log, || Record::ForwardDone { forward_id });
+                }
             }
             MeshMessage::Interest { filter, add, ack } => {
                 if add {
@@ -830,6 +902,20 @@ impl ShardCore {
                     }
                 }
             }
+        }
+    }
+
+    /// Holds mesh output from `index` of `mesh_out` on until everything logged so far is
+    /// committed (durability `sync` only).
+    fn hold_mesh_from(&mut self, index: usize) {
+        let Some(log) = &mut self.log else { return };
+        if !log.must_wait() {
+            return;
+        }
+        let appended = log.appended;
+        match &mut log.mesh_hold {
+            Some((_, seq)) => *seq = appended,
+            None => log.mesh_hold = Some((index, appended)),
         }
     }
 
@@ -880,12 +966,13 @@ impl ShardCore {
         for queued in &session.queue {
             records.push(queued_record(session, &queued.message, queued.message_id));
         }
-        let mut inbound: Vec<&PacketId> = session.inbound_qos2.keys().collect();
-        inbound.sort_unstable();
-        for packet_id in inbound {
+        let mut inbound: Vec<(&PacketId, &Inbound)> = session.inbound_qos2.iter().collect();
+        inbound.sort_unstable_by_key(|(packet_id, _)| **packet_id);
+        for (packet_id, entry) in inbound {
             records.push(Record::InboundQos2 {
                 client_id: client_id(),
                 packet_id: packet_id.get(),
+                forward_id: entry.forward_id,
             });
         }
         log.appended += records.len() as u64;
@@ -908,13 +995,22 @@ impl ShardCore {
                 // Answer PUBCOMP even for an id we do not hold: after a lost PUBCOMP the
                 // client re-sends PUBREL on reconnect and must get its PUBCOMP [MQTT-4.3.3-2].
                 let session = &mut self.sessions[key];
-                if session.inbound_qos2.remove(&packet_id).is_none() {
-                    self.stats.unknown_packet_id_total += 1;
-                } else if session.is_persistent() {
-                    log_record(&mut self.log, || Record::InboundQos2Released {
-                        client_id: session.client_id.to_string(),
-                        packet_id: packet_id.get(),
-                    });
+                match session.inbound_qos2.remove(&packet_id) {
+                    None => self.stats.unknown_packet_id_total += 1,
+                    Some(entry) => {
+                        if session.is_persistent() {
+                            log_record(&mut self.log, || Record::InboundQos2Released {
+                                client_id: session.client_id.to_string(),
+                                packet_id: packet_id.get(),
+                            });
+                        }
+                        if entry.forward_id != 0 {
+                            // Best effort: a receiver that misses this keeps the id,
+                            // which no later message reuses.
+                            let forward_id = entry.forward_id;
+                            self.broadcast(|| MeshMessage::ForwardDone { forward_id });
+                        }
+                    }
                 }
                 self.send_ack(conn_id, None, Deferred::Packet(Packet::PubComp(packet_id)));
             }
@@ -969,10 +1065,10 @@ impl ShardCore {
         };
         match publish.qos {
             PublishQos::AtMostOnce => {
-                self.route(message, false);
+                self.route(message, false, None, true);
             }
             PublishQos::AtLeastOnce(packet_id) => {
-                let token = self.route(message, true);
+                let token = self.route(message, true, None, true);
                 self.send_ack(conn_id, token, Deferred::Packet(Packet::PubAck(packet_id)));
             }
             PublishQos::ExactlyOnce(packet_id) => {
@@ -980,17 +1076,53 @@ impl ShardCore {
                 // PUBREL is the same message [MQTT-4.3.3-2]. Its PUBREC still waits for
                 // the first one's barrier (the first PUBREC may have been lost with its
                 // connection before that barrier completed).
-                let token = match self.sessions[key].inbound_qos2.get(&packet_id) {
-                    Some(first) => first.filter(|token| self.barriers.contains_key(token)),
+                //
+                // After a restart the first one's local deliveries are in the log (they
+                // precede its InboundQos2 record) but its forwards may not have been
+                // committed by their shards: forward it again under the same forward id,
+                // which those shards deliver once.
+                let token = match self.sessions[key].inbound_qos2.get(&packet_id).copied() {
+                    Some(first) if first.restored => {
+                        let forward_id = (first.forward_id != 0).then_some(first.forward_id);
+                        let token = self.route(message, true, forward_id, false);
+                        if let Some(entry) = self.sessions[key].inbound_qos2.get_mut(&packet_id) {
+                            entry.restored = false;
+                            entry.token = token;
+                        }
+                        token
+                    }
+                    Some(first) => first
+                        .token
+                        .filter(|token| self.barriers.contains_key(token)),
                     None => {
-                        let token = self.route(message, true);
+                        let forward_id = (self.log.is_some()
+                            && self.shard_count > 1
+                            && self.sessions[key].is_persistent())
+                        .then(|| {
+                            let id = self.next_forward_id;
+                            self.next_forward_id += 1;
+                            id
+                        });
+                        let first_forward = self.mesh_out.len();
+                        let token = self.route(message, true, forward_id, true);
                         let session = &mut self.sessions[key];
-                        session.inbound_qos2.insert(packet_id, token);
+                        session.inbound_qos2.insert(
+                            packet_id,
+                            Inbound {
+                                token,
+                                forward_id: forward_id.unwrap_or(0),
+                                restored: false,
+                            },
+                        );
                         if session.is_persistent() {
                             log_record(&mut self.log, || Record::InboundQos2 {
                                 client_id: session.client_id.to_string(),
                                 packet_id: packet_id.get(),
+                                forward_id: forward_id.unwrap_or(0),
                             });
+                        }
+                        if forward_id.is_some() {
+                            self.hold_mesh_from(first_forward);
                         }
                         token
                     }
@@ -1226,6 +1358,8 @@ impl ShardCore {
                     retain: will.retain,
                 },
                 false,
+                None,
+                true,
             );
         }
         if clean {
@@ -1283,10 +1417,18 @@ impl ShardCore {
     // ----- routing ------------------------------------------------------------------
 
     /// Routes a message published on this shard: updates the retained store, forwards it
-    /// to the shards that want it and delivers it locally. With `want_barrier`, a retained
-    /// update is acknowledged only once every shard holds it; the token to wait for is
+    /// to the shards that want it (under `forward_id`, if any) and, with `local`,
+    /// delivers it to this shard's sessions. With `want_barrier`, a retained update is
+    /// acknowledged only once every shard holds it (and, with durability `sync`, any
+    /// message once every shard it went to has committed it); the token to wait for is
     /// returned.
-    fn route(&mut self, message: Message, want_barrier: bool) -> Option<Token> {
+    fn route(
+        &mut self,
+        message: Message,
+        want_barrier: bool,
+        forward_id: Option<u128>,
+        local: bool,
+    ) -> Option<Token> {
         let mut token = None;
         let mut matched = false;
         if message.retain {
@@ -1303,6 +1445,7 @@ impl ShardCore {
                     message: message.clone(),
                     ack: barrier,
                     retained: Some(version),
+                    forward_id,
                 });
                 matched = self.interest_set(&message.topic).iter().next().is_some();
             }
@@ -1331,11 +1474,12 @@ impl ShardCore {
                         message: message.clone(),
                         ack: barrier,
                         retained: None,
+                        forward_id,
                     },
                 ));
             }
         }
-        if !self.deliver_local(&message) && !matched {
+        if local && !self.deliver_local(&message) && !matched {
             self.stats.dropped_no_subscribers_total += 1;
         }
         token

@@ -76,6 +76,11 @@ pub enum MeshMessage {
         ack: Option<Token>,
         /// The retained-store update's version, set exactly when `message.retain`.
         retained: Option<RetainedVersion>,
+        /// A QoS 2 message of a persistent publisher session: an id unique across
+        /// restarts, logged by the publisher's shard with the packet id. The receiver
+        /// delivers a given id once: after a crash the publisher's shard forwards a
+        /// re-sent PUBLISH again, not knowing whether the first forward was committed.
+        forward_id: Option<u128>,
     },
     /// The sending shard gained (`add`) or lost its last local subscription to `filter`.
     Interest {
@@ -88,6 +93,12 @@ pub enum MeshMessage {
     },
     /// A barrier answer: the change sent with `Token` is applied on the sending shard.
     Ack(Token),
+    /// The publisher released (PUBREL) the QoS 2 message forwarded under this id: the
+    /// receiver forgets it.
+    ForwardDone {
+        /// The id of [`MeshMessage::Publish::forward_id`].
+        forward_id: u128,
+    },
     /// A retained message recovered from the sender's log at start: store it (if newer
     /// than what is held), deliver it to nobody.
     Retained {

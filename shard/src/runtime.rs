@@ -593,6 +593,11 @@ async fn run_shard(setup: ShardSetup) {
 
     let limits = config.limits.clone();
     let mut core = ShardCore::new(id, config.shards, limits);
+    // Start time in nanoseconds: later than any earlier run's (forward ids start with it).
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    core.set_incarnation(incarnation);
     if let (Some(log_config), Some(log)) = (&config.log, &log) {
         core = core.with_durability(log_config.durability);
         core.restore(&log.state);

@@ -39,6 +39,19 @@ pub struct Inflight {
     pub message_id: u64,
 }
 
+/// An inbound QoS 2 message received and routed, awaiting PUBREL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inbound {
+    /// The barrier its PUBREC waited for: a re-sent PUBLISH's PUBREC waits for it too.
+    pub token: Option<Token>,
+    /// The id it was forwarded to other shards under (0: none), so that they recognise
+    /// a second forward of it.
+    pub forward_id: u128,
+    /// Recovered from the log after a restart: the local deliveries are durable, but
+    /// the forwards to other shards may not be, so a re-sent PUBLISH is forwarded again.
+    pub restored: bool,
+}
+
 /// A message waiting for room in the inflight window (or for the client to come back).
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -76,9 +89,8 @@ pub struct Session {
     pub inflight: VecDeque<Inflight>,
     /// Outbound deliveries waiting for the window (or for the client), oldest first.
     pub queue: VecDeque<Queued>,
-    /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL, each with the
-    /// barrier its PUBREC waited for: a re-sent PUBLISH's PUBREC waits for it too.
-    pub inbound_qos2: AHashMap<PacketId, Option<Token>>,
+    /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL.
+    pub inbound_qos2: AHashMap<PacketId, Inbound>,
     /// When the client last acknowledged an outbound delivery (PUBACK, PUBREC, PUBCOMP),
     /// or connected; tells a slow consumer (paced) from a dead one (dropped for).
     pub last_progress_ms: u64,

@@ -48,6 +48,9 @@ pub struct ShardStats {
     /// Recovered sessions' entries or retained messages skipped because this build
     /// cannot use them (e.g. a topic it rejects).
     pub restore_skipped_total: u64,
+    /// QoS 2 messages forwarded here a second time (after the sender restarted) and not
+    /// delivered again.
+    pub forward_duplicates_total: u64,
     /// Write-ahead log: records appended.
     pub wal_records_total: u64,
     /// Write-ahead log: batches written (one write each).

@@ -270,3 +270,192 @@ fn a_failed_log_refuses_qos1_and_keeps_qos0_flowing() {
     core.log_recovered(0);
     assert!(core.log_healthy());
 }
+
+/// Two shards with their logs: records committed so far per shard.
+struct Pair {
+    shards: [ShardCore; 2],
+    durable: [DurableState; 2],
+    taken: [Vec<Record>; 2],
+}
+
+fn owned_by(shard: u16) -> String {
+    (0..)
+        .map(|i| format!("c{i}"))
+        .find(|c| cutie_shard::owner_of(c, 2) == ShardId(shard))
+        .unwrap()
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            shards: [core(2, 0, Durability::Sync), core(2, 1, Durability::Sync)],
+            durable: [DurableState::new(), DurableState::new()],
+            taken: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Delivers every mesh message until none is left.
+    fn mesh(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..2 {
+                let mut out = Vec::new();
+                self.shards[from].drain_mesh(&mut out);
+                for (to, m) in out {
+                    moved = true;
+                    self.shards[to.index()].handle_mesh(ShardId(from as u16), m);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Takes shard `k`'s records (they are being written).
+    fn take(&mut self, k: usize) {
+        self.shards[k].take_records(&mut self.taken[k]);
+    }
+
+    /// Commits what shard `k` has taken and produced.
+    fn commit(&mut self, k: usize) {
+        let seq = self.shards[k].take_records(&mut self.taken[k]);
+        for record in self.taken[k].drain(..) {
+            self.durable[k].apply(&record).unwrap();
+        }
+        self.shards[k].records_committed(seq);
+    }
+
+    /// Both shards crash: what was not committed is gone; they restart from their logs.
+    fn crash(&mut self) {
+        for k in 0..2 {
+            self.taken[k].clear();
+            let mut restarted = core(2, k as u16, Durability::Sync);
+            restarted.set_incarnation(99);
+            restarted.restore(&self.durable[k]);
+            self.shards[k] = restarted;
+        }
+        self.mesh();
+    }
+}
+
+fn qos2_publish(payload: &'static [u8], dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos: PublishQos::ExactlyOnce(id(4)),
+        retain: false,
+        topic: TopicName::new("t/q2").unwrap(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+/// A persistent subscriber on shard 1, a persistent QoS 2 publisher on shard 0.
+fn subscribed_pair() -> (Pair, String, String) {
+    let mut p = Pair::new();
+    let (publisher, subscriber) = (owned_by(0), owned_by(1));
+    connect(&mut p.shards[1], 1, &subscriber, false);
+    subscribe(&mut p.shards[1], 1, "t/#", QoS::ExactlyOnce);
+    p.commit(1);
+    p.mesh();
+    p.commit(1);
+    connect(&mut p.shards[0], 2, &publisher, false);
+    p.commit(0);
+    (p, publisher, subscriber)
+}
+
+fn queued_to(state: &DurableState, client_id: &str) -> usize {
+    let session = state.session(client_id).unwrap();
+    session.queue().len() + session.inflight().len()
+}
+
+#[test]
+fn a_qos2_publish_whose_forward_was_not_committed_is_forwarded_again_after_a_crash() {
+    let (mut p, publisher, subscriber) = subscribed_pair();
+    send(&mut p.shards[0], 2, qos2_publish(b"x", false));
+    p.mesh();
+    // The publisher's shard commits its InboundQos2; the subscriber's shard crashes
+    // before committing the message (its acknowledgement never came: no PUBREC).
+    p.commit(0);
+    p.take(1);
+    assert!(!output(&mut p.shards[0], 2)
+        .iter()
+        .any(|packet| matches!(packet, Packet::PubRec(_))));
+    assert_eq!(
+        p.durable[0]
+            .session(&publisher)
+            .unwrap()
+            .inbound_qos2()
+            .len(),
+        1
+    );
+    p.crash();
+    assert_eq!(queued_to(&p.durable[1], &subscriber), 0);
+
+    // The client reconnects and re-sends its PUBLISH with DUP.
+    connect(&mut p.shards[0], 3, &publisher, false);
+    output(&mut p.shards[0], 3);
+    send(&mut p.shards[0], 3, qos2_publish(b"x", true));
+    p.mesh();
+    p.commit(1);
+    p.mesh();
+    p.commit(0);
+    assert_eq!(output(&mut p.shards[0], 3), vec![Packet::PubRec(id(4))]);
+    assert_eq!(
+        queued_to(&p.durable[1], &subscriber),
+        1,
+        "the message reached the subscriber's log"
+    );
+}
+
+#[test]
+fn a_qos2_forward_waits_for_the_publishers_log_and_is_not_delivered_twice_after_a_crash() {
+    let (mut p, publisher, subscriber) = subscribed_pair();
+    send(&mut p.shards[0], 2, qos2_publish(b"y", false));
+    p.mesh();
+    // Not forwarded before the publisher's shard has logged it with its forward id: no
+    // other shard may hold a message the publisher's shard would forget in a crash.
+    assert!(
+        p.shards[1].session(&subscriber).unwrap().queue.is_empty()
+            && p.shards[1]
+                .session(&subscriber)
+                .unwrap()
+                .inflight
+                .is_empty()
+    );
+    p.commit(0);
+    p.mesh();
+    p.commit(1);
+    assert_eq!(queued_to(&p.durable[1], &subscriber), 1);
+    // Both logs hold it; the crash comes before the client got its PUBREC.
+    p.crash();
+    assert_eq!(
+        p.durable[0]
+            .session(&publisher)
+            .unwrap()
+            .inbound_qos2()
+            .len(),
+        1
+    );
+
+    connect(&mut p.shards[0], 3, &publisher, false);
+    output(&mut p.shards[0], 3);
+    send(&mut p.shards[0], 3, qos2_publish(b"y", true));
+    p.mesh();
+    p.commit(1);
+    p.mesh();
+    p.commit(0);
+    assert_eq!(output(&mut p.shards[0], 3), vec![Packet::PubRec(id(4))]);
+    assert_eq!(
+        queued_to(&p.durable[1], &subscriber),
+        1,
+        "delivered once, not twice"
+    );
+    assert_eq!(p.shards[1].stats.forward_duplicates_total, 1);
+
+    // PUBREL releases the id on the receiving shard too.
+    send(&mut p.shards[0], 3, Packet::PubRel(id(4)));
+    p.mesh();
+    p.commit(1);
+    p.commit(0);
+    assert!(p.durable[1].forwarded().is_empty());
+}

@@ -507,13 +507,24 @@ fn check_logged_state(core: &ShardCore, state: &DurableState, n: u16) -> Result<
                 "session {id}: queue {queue:?}, logged {logged_queue:?}"
             ));
         }
-        let inbound: BTreeSet<u16> = session.inbound_qos2.keys().map(|p| p.get()).collect();
+        let inbound: BTreeMap<u16, u128> = session
+            .inbound_qos2
+            .iter()
+            .map(|(p, entry)| (p.get(), entry.forward_id))
+            .collect();
         if &inbound != logged.inbound_qos2() {
             return Err(format!(
                 "session {id}: inbound QoS 2 {inbound:?}, logged {:?}",
                 logged.inbound_qos2()
             ));
         }
+    }
+    let forwarded: BTreeSet<u128> = core.forwarded_ids().collect();
+    if &forwarded != state.forwarded() {
+        return Err(format!(
+            "forwarded ids {forwarded:?}, logged {:?}",
+            state.forwarded()
+        ));
     }
     let owned: BTreeMap<String, (Vec<u8>, u8)> = retained_of(core)
         .into_iter()
@@ -545,6 +556,8 @@ struct Sim {
     writer_cap: usize,
     shards: Vec<ShardCore>,
     logs: Vec<SimLog>,
+    /// Per shard: its mesh output was held after the latest drain.
+    held: Vec<bool>,
     next_tick_ms: Vec<u64>,
     mesh: Vec<VecDeque<Envelope>>,
     /// Per mesh queue: the receiving runtime paces it while this session is congested.
@@ -609,6 +622,7 @@ impl Sim {
             writer_cap,
             shards,
             logs: (0..n).map(|_| SimLog::default()).collect(),
+            held: vec![false; n],
             next_tick_ms,
             mesh: (0..n * n).map(|_| VecDeque::new()).collect(),
             mesh_paced: vec![None; n * n],
@@ -751,9 +765,12 @@ impl Sim {
         }
         let mut out = Vec::new();
         self.shards[k].drain_mesh(&mut out);
+        // Messages that waited behind a hold were decided before the latest mesh input:
+        // the forwarding rule holds at decision time, not at release.
+        let was_held = std::mem::replace(&mut self.held[k], self.shards[k].has_held_mesh());
         for (to, message) in out {
             assert_ne!(to.0, shard, "a shard sends a mesh message to itself");
-            self.check_forward(shard, to.0, &message);
+            self.check_forward(shard, to.0, &message, !was_held);
             self.hash(u64::from(shard) << 8 | u64::from(to.0), b"mesh");
             let i = self.mesh_index(shard, to.0);
             self.mesh[i].push_back(Envelope::Core(message));
@@ -761,7 +778,7 @@ impl Sim {
     }
 
     /// Forwarding only to interested shards (see the module docs for the exact rule).
-    fn check_forward(&mut self, from: u16, to: u16, message: &MeshMessage) {
+    fn check_forward(&mut self, from: u16, to: u16, message: &MeshMessage, check: bool) {
         let MeshMessage::Publish { message, .. } = message else {
             return;
         };
@@ -770,6 +787,9 @@ impl Sim {
         }
         self.out.forwards += 1;
         self.out.forwards_to[usize::from(to)] += 1;
+        if !check {
+            return;
+        }
         let t = usize::from(to);
         let local = self.owned[t].iter().any(|&c| {
             self.shards[t]
@@ -2574,6 +2594,8 @@ fn four_shards_with_durability_sync_log_exactly_their_persistent_state() {
             "InboundQos2Released",
             "RetainSet",
             "RetainClear",
+            "ForwardSeen",
+            "ForwardDone",
         ] {
             let n: u64 = outcomes
                 .iter()

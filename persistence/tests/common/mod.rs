@@ -135,7 +135,7 @@ impl RecordGen {
                 packet_id: self.rng.below(10) as u16,
             };
         };
-        match self.rng.below(20) {
+        match self.rng.below(22) {
             0 => Record::Subscribe {
                 client_id,
                 filter: self.pick(&FILTERS).to_string(),
@@ -195,6 +195,7 @@ impl RecordGen {
             15 => Record::InboundQos2 {
                 client_id,
                 packet_id: 1 + self.rng.below(8) as u16,
+                forward_id: u128::from(self.rng.below(4)),
             },
             16 => Record::InboundQos2Released {
                 client_id,
@@ -207,6 +208,12 @@ impl RecordGen {
             },
             18 => Record::RetainClear {
                 topic: self.pick(&TOPICS).to_string(),
+            },
+            19 => Record::ForwardSeen {
+                forward_id: u128::from(self.rng.below(6)) << 64,
+            },
+            20 => Record::ForwardDone {
+                forward_id: u128::from(self.rng.below(6)) << 64,
             },
             _ => {
                 if self.rng.chance(25) {
