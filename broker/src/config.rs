@@ -56,6 +56,20 @@ pub const SHARDS_MAX: usize = 256;
 /// header of at most 5 bytes.
 pub const PACKET_SIZE_MAX: usize = 268_435_455 + 5;
 
+/// Whether `CUTIE_<rest>` is one of the variables Kubernetes sets for a Service named
+/// `cutie` (`CUTIE_SERVICE_HOST`, `CUTIE_SERVICE_PORT[_<NAME>]`, `CUTIE_PORT`,
+/// `CUTIE_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`). No configuration key starts with
+/// `service_` or `port`.
+fn is_kubernetes_service_link(rest: &str) -> bool {
+    rest == "SERVICE_HOST"
+        || rest == "SERVICE_PORT"
+        || rest.starts_with("SERVICE_PORT_")
+        || rest == "PORT"
+        || rest
+            .strip_prefix("PORT_")
+            .is_some_and(|r| r.chars().next().is_some_and(|c| c.is_ascii_digit()))
+}
+
 /// Name of the metadata of the environment layer; used to recognise it in errors.
 const ENV_METADATA_NAME: &str = "environment";
 
@@ -728,6 +742,11 @@ impl EnvVars {
             if name == CONFIG_PATH_ENV || rest.is_empty() || name.starts_with(USER_ENV_PREFIX) {
                 continue;
             }
+            // Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_1883_TCP`, ...
+            // for every Service: with a Service named `cutie` these are not keys either.
+            if is_kubernetes_service_link(rest) {
+                continue;
+            }
             let key = rest
                 .to_ascii_lowercase()
                 .split(ENV_NESTING_SEPARATOR)
@@ -1129,6 +1148,34 @@ mod tests {
         ];
         let config = load_from(&Cli::default(), env(&pairs), dir.path()).unwrap();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn kubernetes_service_link_variables_are_not_configuration_keys() {
+        for name in [
+            "CUTIE_SERVICE_HOST",
+            "CUTIE_SERVICE_PORT",
+            "CUTIE_SERVICE_PORT_MQTT",
+            "CUTIE_PORT",
+            "CUTIE_PORT_1883_TCP",
+            "CUTIE_PORT_1883_TCP_ADDR",
+        ] {
+            assert!(
+                is_kubernetes_service_link(name.strip_prefix("CUTIE_").unwrap_or(name)),
+                "{name}"
+            );
+        }
+        for name in [
+            "CUTIE_SHARDS",
+            "CUTIE_PORTS",
+            "CUTIE_PORT_X",
+            "CUTIE_SERVICE",
+        ] {
+            assert!(
+                !is_kubernetes_service_link(name.strip_prefix("CUTIE_").unwrap_or(name)),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -105,3 +105,39 @@ fn eight_shards_start_without_io_memory_registration_failures_under_8_mib_memloc
     );
     assert!(status.success(), "exit status {status:?}\n{log}");
 }
+
+#[test]
+fn a_broker_whose_shards_cannot_start_exits_with_code_3_and_says_why() {
+    // 64 KiB of locked memory is too little for any executor's rings: the shards fail,
+    // and the process must fail with them instead of listening and serving nothing.
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new("prlimit");
+    command.arg("--memlock=65536:65536").arg("--");
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["nobody", data_dir.path().to_str().expect("utf-8 temp path")])
+            .status()
+            .expect("chown runs");
+        assert!(status.success(), "chown the data dir to nobody");
+        command.args([
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ]);
+    }
+    let output = command
+        .arg(env!("CARGO_BIN_EXE_cutie"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin-cores"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("CUTIE_ADMIN__ENABLED", "false")
+        .env_remove("CUTIE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("prlimit and the broker run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("did not start"), "{stderr}");
+    assert!(!stderr.contains("cutie is listening"), "{stderr}");
+}

@@ -268,6 +268,19 @@ pub struct ShardHealth {
     pub ready: AtomicBool,
     /// The shard's log is failed (not taking records) right now.
     pub log_failed: AtomicBool,
+    /// The shard's executor has ended (shutdown, or a failure before it served).
+    pub exited: AtomicBool,
+}
+
+/// Sets [`ShardHealth::exited`] when dropped: held by a shard's main future.
+#[derive(Debug)]
+pub(crate) struct ExitGuard(pub(crate) Arc<ShardHealth>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.ready.store(false, Ordering::Relaxed);
+        self.0.exited.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What one round of the log task did, on the blocking thread.

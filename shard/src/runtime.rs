@@ -83,6 +83,14 @@ pub enum StartError {
     /// The write-ahead logs could not be recovered.
     #[error(transparent)]
     Recover(#[from] crate::durable::RecoverError),
+    /// The shards did not all come up.
+    #[error("shard {shard} did not start: {reason}")]
+    NotReady {
+        /// The first shard that is not ready.
+        shard: usize,
+        /// What is known.
+        reason: String,
+    },
 }
 
 /// Control messages from outside the shards (signals, admin). Polled with `try_recv`.
@@ -294,6 +302,7 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
     {
         let log = logs[i].take();
         let shard_health = health[i].clone();
+        let exit = crate::durable::ExitGuard(shard_health.clone());
         let shard = ShardId(i as u16);
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
         controls.push(control_tx);
@@ -306,18 +315,24 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
             .name(&format!("cutie-shard-{i}"))
             .io_memory(io_memory_bytes)
             .ring_depth(config.ring_depth)
-            .spawn(move || async move {
-                run_shard(ShardSetup {
-                    id: shard,
-                    config,
-                    listener_fd: listener,
-                    senders: my_senders,
-                    receivers: my_receivers,
-                    control: control_rx,
-                    log,
-                    health: shard_health,
-                })
-                .await
+            .spawn(move || {
+                // Dropped with this closure if the executor fails before calling it, or
+                // when the shard's future ends: either way the shard has exited.
+                let exit = exit;
+                async move {
+                    let _exit = exit;
+                    run_shard(ShardSetup {
+                        id: shard,
+                        config,
+                        listener_fd: listener,
+                        senders: my_senders,
+                        receivers: my_receivers,
+                        control: control_rx,
+                        log,
+                        health: shard_health,
+                    })
+                    .await
+                }
             })
             .map_err(|e| StartError::Executor {
                 shard: i as u16,
@@ -325,12 +340,49 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
             })?;
         handles.push(handle);
     }
-    Ok(Broker {
+    let broker = Broker {
         local_addr,
         controls,
         handles,
         health,
-    })
+    };
+    // Serve only once every shard serves: an executor that cannot start (io_uring
+    // refused by a seccomp profile, too little locked memory) must fail the start, not
+    // leave a process that listens and serves nothing.
+    const READY_TIMEOUT: Duration = Duration::from_secs(30);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !broker.is_ready() {
+        let failed = broker
+            .health
+            .iter()
+            .position(|h| h.exited.load(Ordering::Relaxed));
+        if failed.is_some() || Instant::now() > deadline {
+            let shard = failed.unwrap_or_else(|| {
+                broker
+                    .health
+                    .iter()
+                    .position(|h| !h.ready.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            });
+            broker.shutdown();
+            return Err(StartError::NotReady {
+                shard,
+                reason: if failed.is_some() {
+                    "its executor ended before serving (io_uring refused? a container's \
+                     seccomp profile may block it, or the locked-memory limit, ulimit -l, \
+                     is too small: see deploy/README.md)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not ready after {READY_TIMEOUT:?} (is io_uring allowed? a container's \
+                         seccomp profile may block it: see deploy/README.md)"
+                    )
+                },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(broker)
 }
 
 /// Wakes a connection's writer: a flag and one waker (a channel would cost a few hundred
