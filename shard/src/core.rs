@@ -109,9 +109,11 @@ struct Log {
 }
 
 impl Log {
-    /// Whether acknowledgements produced now must wait for a commit.
+    /// Whether acknowledgements produced now must wait for a commit. Not while the log
+    /// is failed: nothing will be committed, and what needs durability is refused
+    /// instead (QoS 1/2 publishes, persistent-session CONNECTs).
     fn must_wait(&self) -> bool {
-        self.durability == Durability::Sync && self.appended > self.committed
+        self.durability == Durability::Sync && self.healthy && self.appended > self.committed
     }
 }
 
@@ -635,6 +637,14 @@ impl ShardCore {
             false
         };
 
+        if !connect.clean_session && !self.log_healthy() {
+            // A persistent session cannot be promised while the log takes nothing.
+            tracing::debug!(
+                conn = conn_id.0,
+                "write-ahead log unhealthy: refusing a persistent session"
+            );
+            return refuse(self, conn, ConnectReturnCode::ServerUnavailable);
+        }
         let client_id = if connect.client_id.is_empty() {
             if !connect.clean_session {
                 // [MQTT-3.1.3-8]: an empty client id needs clean session 1.

@@ -267,6 +267,26 @@ fn a_failed_log_refuses_qos1_and_keeps_qos0_flowing() {
     assert!(!core.connection_open(ConnId(3)), "QoS 1 is refused");
     assert_eq!(core.stats.publish_refused_log_failed_total, 1);
 
+    // A persistent session cannot be promised meanwhile: CONNACK 3 (server unavailable).
+    assert!(!core.connect(
+        ConnId(4),
+        Connect {
+            protocol: ProtocolLevel::V3_1_1,
+            clean_session: false,
+            keep_alive_secs: 0,
+            client_id: ByteString::from("durable"),
+            will: None,
+            username: None,
+            password: None,
+        },
+        0,
+    ));
+    let refused = output(&mut core, 4);
+    assert!(
+        matches!(&refused[..], [Packet::ConnAck(c)] if c.return_code == cutie_codec::ConnectReturnCode::ServerUnavailable),
+        "{refused:?}"
+    );
+
     core.log_recovered(0);
     assert!(core.log_healthy());
 }

@@ -1,0 +1,315 @@
+//! A full file system under the write-ahead log, for real: the data directory is a small
+//! tmpfs that a filler file nearly fills. QoS 1 publishes to a persistent session fill it;
+//! then the log fails, QoS 1/2 publishes are refused (connection closed, no PUBACK),
+//! QoS 0 keeps flowing, the failure is logged; once space is freed the shard reopens its
+//! log and acknowledges again; after a restart every acknowledged message is delivered.
+//!
+//! Needs root (to mount a tmpfs); elsewhere it says so and passes without checking.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use cutie_codec::{
+    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
+    SubscribeFilter, TopicFilter, TopicName,
+};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn start(data_dir: &Path) -> Broker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--no-pin-cores", "--shards", "1"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CUTIE_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("NO_COLOR", "1")
+            .env("CUTIE_ADMIN__ENABLED", "false");
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listen=").nth(1) {
+                        let addr: String =
+                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("broker did not start: {:?}", log.lock().unwrap()))
+            .parse()
+            .unwrap();
+        Broker { child, addr, log }
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// A minimal MQTT 3.1.1 client over a blocking socket.
+struct Client {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: BytesMut,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, client_id: &str, clean_session: bool) -> (Client, bool) {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut client = Client {
+            stream,
+            decoder: Decoder::new(1 << 20),
+            buf: BytesMut::new(),
+        };
+        client.send(Packet::Connect(Box::new(Connect {
+            protocol: ProtocolLevel::V3_1_1,
+            clean_session,
+            keep_alive_secs: 0,
+            client_id: ByteString::from(client_id),
+            will: None,
+            username: None,
+            password: None,
+        })));
+        match client.next() {
+            Some(Packet::ConnAck(connack)) => (client, connack.session_present),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(&mut out);
+        let _ = self.stream.write_all(&out);
+    }
+
+    /// The next packet; `None` when the connection closed (or nothing came in 10 s).
+    fn next(&mut self) -> Option<Packet> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(packet);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Publishes at QoS 1; true when PUBACKed, false when the broker closed instead.
+    fn publish_qos1(&mut self, topic: &str, payload: Vec<u8>, id: u16) -> bool {
+        let packet_id = PacketId::new(id).unwrap();
+        self.send(Packet::Publish(Publish {
+            dup: false,
+            qos: PublishQos::AtLeastOnce(packet_id),
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from(payload),
+        }));
+        match self.next() {
+            Some(Packet::PubAck(acked)) => {
+                assert_eq!(acked, packet_id);
+                true
+            }
+            None => false,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+fn payload(seq: u32) -> Vec<u8> {
+    let mut p = format!("{seq:08}:").into_bytes();
+    p.resize(2048, b'x');
+    p
+}
+
+fn seq_of(payload: &[u8]) -> u32 {
+    std::str::from_utf8(&payload[..8]).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("full_disk: not root, cannot mount a tmpfs; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("fs");
+    std::fs::create_dir(&mount_point).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("full_disk: mounting a tmpfs failed (no CAP_SYS_ADMIN?); skipped");
+        return;
+    }
+    let _mount = Mount(mount_point.clone());
+    let data_dir = mount_point.join("data");
+    // Leave about 600 KiB free.
+    let filler = mount_point.join("filler");
+    std::fs::write(&filler, vec![0u8; 3400 * 1024]).unwrap();
+
+    let broker = Broker::start(&data_dir);
+    // A persistent subscriber that goes offline: everything published to it is logged.
+    {
+        let (mut sub, _) = Client::connect(broker.addr, "fd-sub", false);
+        sub.send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            filters: vec![SubscribeFilter {
+                filter: TopicFilter::new("fd/q1").unwrap(),
+                qos: QoS::AtLeastOnce,
+            }],
+        }));
+        assert!(matches!(sub.next(), Some(Packet::SubAck(_))));
+    }
+    // A QoS 0 subscriber (mosquitto_sub, clean session).
+    let qos0_sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.addr.port().to_string()])
+        .args(["-t", "fd/q0", "-C", "1", "-W", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Fill the disk.
+    let (mut publisher, _) = Client::connect(broker.addr, "fd-pub", true);
+    let mut acked = BTreeSet::new();
+    let mut refused_at = None;
+    for seq in 0..2000u32 {
+        if publisher.publish_qos1("fd/q1", payload(seq), (seq % 60000 + 1) as u16) {
+            acked.insert(seq);
+        } else {
+            refused_at = Some(seq);
+            break;
+        }
+    }
+    let refused_at = refused_at.expect("the disk never filled");
+    assert!(
+        acked.len() > 50,
+        "only {} acknowledged before the disk filled",
+        acked.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.logged("write-ahead log failed") {
+        assert!(Instant::now() < deadline, "the failure was not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // While the log is failed: QoS 1 is refused, QoS 0 flows.
+    let (mut again, _) = Client::connect(broker.addr, "fd-pub2", true);
+    assert!(
+        !again.publish_qos1("fd/q1", payload(9999), 1),
+        "a QoS 1 publish was acknowledged while the log could not take it"
+    );
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.addr.port().to_string()])
+        .args(["-t", "fd/q0", "-m", "still-flowing", "-q", "0"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = qos0_sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-flowing");
+
+    // Space comes back: the shard reopens its log and acknowledges again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = refused_at + 1;
+    loop {
+        let (mut p, _) = Client::connect(broker.addr, "fd-pub3", true);
+        if p.publish_qos1("fd/q1", payload(next), 7) {
+            acked.insert(next);
+            break;
+        }
+        next += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the log never became healthy again"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(broker.logged("reopened and healthy again"));
+    broker.stop();
+
+    // After a restart the persistent subscriber gets every acknowledged message.
+    let broker = Broker::start(&data_dir);
+    let (mut sub, present) = Client::connect(broker.addr, "fd-sub", false);
+    assert!(present, "the persistent session survived");
+    let mut received = BTreeSet::new();
+    while !acked.is_subset(&received) {
+        match sub.next() {
+            Some(Packet::Publish(publish)) => {
+                received.insert(seq_of(&publish.payload));
+                if let PublishQos::AtLeastOnce(id) = publish.qos {
+                    sub.send(Packet::PubAck(id));
+                }
+            }
+            Some(_) => {}
+            None => {
+                let missing: Vec<&u32> = acked.difference(&received).take(10).collect();
+                panic!(
+                    "{} acknowledged messages never arrived (first {missing:?})",
+                    acked.difference(&received).count()
+                );
+            }
+        }
+    }
+    broker.stop();
+}
