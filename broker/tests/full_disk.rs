@@ -8,18 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
-use cutie_codec::{
-    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
-    SubscribeFilter, TopicFilter, TopicName,
-};
+mod common;
+
+use common::{Broker, Client};
+use cutie_codec::{Packet, PacketId, PublishQos, QoS, Subscribe, SubscribeFilter, TopicFilter};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Mount(PathBuf);
@@ -27,148 +22,6 @@ struct Mount(PathBuf);
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Broker {
-    fn start(data_dir: &Path) -> Broker {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--no-pin-cores", "--shards", "1"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUTIE_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .env("NO_COLOR", "1")
-            .env("CUTIE_ADMIN__ENABLED", "false");
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listen=").nth(1) {
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                        let _ = tx.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("broker did not start: {:?}", log.lock().unwrap()))
-            .parse()
-            .unwrap();
-        Broker { child, addr, log }
-    }
-
-    fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-/// A minimal MQTT 3.1.1 client over a blocking socket.
-struct Client {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, client_id: &str, clean_session: bool) -> (Client, bool) {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut client = Client {
-            stream,
-            decoder: Decoder::new(1 << 20),
-            buf: BytesMut::new(),
-        };
-        client.send(Packet::Connect(Box::new(Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session,
-            keep_alive_secs: 0,
-            client_id: ByteString::from(client_id),
-            will: None,
-            username: None,
-            password: None,
-        })));
-        match client.next() {
-            Some(Packet::ConnAck(connack)) => (client, connack.session_present),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.encode(&mut out);
-        let _ = self.stream.write_all(&out);
-    }
-
-    /// The next packet; `None` when the connection closed (or nothing came in 10 s).
-    fn next(&mut self) -> Option<Packet> {
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf).unwrap() {
-                return Some(packet);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Publishes at QoS 1; true when PUBACKed, false when the broker closed instead.
-    fn publish_qos1(&mut self, topic: &str, payload: Vec<u8>, id: u16) -> bool {
-        let packet_id = PacketId::new(id).unwrap();
-        self.send(Packet::Publish(Publish {
-            dup: false,
-            qos: PublishQos::AtLeastOnce(packet_id),
-            retain: false,
-            topic: TopicName::new(topic).unwrap(),
-            payload: Bytes::from(payload),
-        }));
-        match self.next() {
-            Some(Packet::PubAck(acked)) => {
-                assert_eq!(acked, packet_id);
-                true
-            }
-            None => false,
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
     }
 }
 
