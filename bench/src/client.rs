@@ -26,13 +26,16 @@ pub struct Connected {
     pub read_buf: BytesMut,
     /// The decoder for this connection.
     pub decoder: Decoder,
+    /// CONNACK said the broker already had a session for this client id.
+    pub session_present: bool,
 }
 
-/// Connects to `addr` and completes CONNECT/CONNACK as `client_id` (MQTT 3.1.1, clean
-/// session).
+/// Connects to `addr` and completes CONNECT/CONNACK as `client_id` (MQTT 3.1.1), with a
+/// clean session or, `clean_session` false, one the broker keeps after the connection.
 pub fn connect(
     addr: SocketAddr,
     client_id: &str,
+    clean_session: bool,
     options: &ConnectOptions,
     packet_size_max: usize,
 ) -> Result<Connected, ClientError> {
@@ -50,7 +53,7 @@ pub fn connect(
         .map_err(io("setting the write timeout"))?;
     let connect = Packet::Connect(Box::new(Connect {
         protocol: ProtocolLevel::V3_1_1,
-        clean_session: true,
+        clean_session,
         keep_alive_secs: options.keep_alive_secs,
         client_id: ByteString::from(client_id.to_owned()),
         will: None,
@@ -62,10 +65,14 @@ pub fn connect(
         stream,
         read_buf: BytesMut::with_capacity(4096),
         decoder: Decoder::new(packet_size_max),
+        session_present: false,
     };
     let deadline = Instant::now() + options.io_timeout;
     match connected.read_packet(deadline, "CONNACK")? {
-        Packet::ConnAck(ack) if ack.return_code == ConnectReturnCode::Accepted => Ok(connected),
+        Packet::ConnAck(ack) if ack.return_code == ConnectReturnCode::Accepted => {
+            connected.session_present = ack.session_present;
+            Ok(connected)
+        }
         Packet::ConnAck(ack) => Err(ClientError::Refused(ack.return_code)),
         other => Err(ClientError::Unexpected {
             expected: "CONNACK",

@@ -6,6 +6,7 @@
 use crate::error::BenchError;
 use crate::payload::{HEADER_BYTES, PAYLOAD_BYTES_MAX};
 use cutie_codec::QoS;
+use serde::Serialize;
 use std::time::Duration;
 
 /// A message scenario: who publishes to whom.
@@ -95,6 +96,41 @@ impl Scenario {
     }
 }
 
+/// Which connections keep a session on the broker between connections (CONNECT with
+/// `clean_session = 0`).
+///
+/// A persistent session makes a broker with durability log the session's state: its
+/// subscriptions and, for QoS 1/2, every message queued or in flight to it, which a
+/// clean session never costs. Client ids are new in every run (`cb<run id>s<n>`,
+/// `cb<run id>p<n>`), so each run starts from no session; a run finds one already there
+/// only if the broker kept it from elsewhere, and then fails setup rather than measure
+/// with stale messages. After the run every persistent client id connects once more
+/// with `clean_session = 1` and disconnects, which discards its session
+/// [MQTT-3.1.2-6], so a series of runs leaves nothing behind on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistentSessions {
+    /// Every connection is a clean session.
+    #[default]
+    None,
+    /// Subscribers keep sessions; publishers are clean.
+    Subscribers,
+    /// Subscribers and publishers keep sessions.
+    All,
+}
+
+impl PersistentSessions {
+    /// Whether a subscriber (`true`) or publisher (`false`) connects with
+    /// `clean_session = 0`.
+    pub fn persistent(self, subscriber: bool) -> bool {
+        match self {
+            PersistentSessions::None => false,
+            PersistentSessions::Subscribers => subscriber,
+            PersistentSessions::All => true,
+        }
+    }
+}
+
 /// How connections are made and kept.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -147,6 +183,8 @@ pub struct MessageConfig {
     pub threads: usize,
     /// Topic prefix; `None` makes a unique one per run (`cutie-bench/<run id>`).
     pub topic_prefix: Option<String>,
+    /// Which connections keep a session on the broker (`clean_session = 0`).
+    pub persistent_sessions: PersistentSessions,
 }
 
 impl Default for MessageConfig {
@@ -162,6 +200,7 @@ impl Default for MessageConfig {
             drain: Duration::from_secs(5),
             threads: 2,
             topic_prefix: None,
+            persistent_sessions: PersistentSessions::None,
         }
     }
 }

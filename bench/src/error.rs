@@ -37,6 +37,11 @@ pub enum ClientError {
     /// CONNACK with a return code other than 0.
     #[error("CONNECT refused with return code {0:?}")]
     Refused(ConnectReturnCode),
+    /// CONNACK with session present = 1 for a client id the run has not used yet: the
+    /// broker kept a session from elsewhere, whose queued messages would be counted as
+    /// unexpected [MQTT-3.2.2-2].
+    #[error("CONNACK says a session is already present for a new client id (stale session)")]
+    StaleSession,
     /// A packet the harness did not expect at this point.
     #[error("expected {expected}, got {got:?}")]
     Unexpected {

@@ -11,6 +11,8 @@
 //! and the connection storm (connect rate, time until all connected, idle hold for
 //! memory per connection, disconnect). Every payload carries publisher id, sequence and
 //! timestamp; subscribers count lost, duplicated and reordered messages per stream.
+//! Subscribers (or every connection) can keep persistent sessions (`clean_session = 0`),
+//! which a broker with durability has to log; they are discarded after the run.
 //!
 //! Modules:
 //! - [`config`]: what to run ([`RunConfig`], [`Scenario`], defaults, validation).

@@ -6,7 +6,9 @@
 //! written or a thread not started.
 
 use clap::{Args, Parser, Subcommand};
-use cutie_bench::config::{ConnectOptions, MessageConfig, RunConfig, Scenario, StormConfig};
+use cutie_bench::config::{
+    ConnectOptions, MessageConfig, PersistentSessions, RunConfig, Scenario, StormConfig,
+};
 use cutie_bench::hdrlog::HdrLog;
 use cutie_bench::observe::{IntervalHistogram, Progress, RunObserver};
 use cutie_bench::prom::{self, PromSeries};
@@ -147,8 +149,40 @@ struct LoadArgs {
     /// Topic prefix (default: cutie-bench/<run id>, unique per run).
     #[arg(long)]
     topic_prefix: Option<String>,
+    /// Connect with clean_session = 0 so the broker keeps (and, with durability, logs)
+    /// the sessions: `subscribers` (what the bare flag means) or `all`. Client ids are
+    /// new in every run; the sessions are discarded after it.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "none",
+        num_args = 0..=1,
+        default_missing_value = "subscribers"
+    )]
+    persistent: PersistentArg,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// `--persistent`: which connections keep a session on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PersistentArg {
+    /// Every connection is a clean session.
+    None,
+    /// Subscribers keep sessions, publishers are clean.
+    Subscribers,
+    /// Subscribers and publishers keep sessions.
+    All,
+}
+
+impl From<PersistentArg> for PersistentSessions {
+    fn from(arg: PersistentArg) -> PersistentSessions {
+        match arg {
+            PersistentArg::None => PersistentSessions::None,
+            PersistentArg::Subscribers => PersistentSessions::Subscribers,
+            PersistentArg::All => PersistentSessions::All,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -242,6 +276,7 @@ fn workload(command: &ScenarioCommand) -> (Workload, ConnectOptions) {
             drain: load.drain,
             threads: load.threads.unwrap_or_else(default_threads),
             topic_prefix: load.topic_prefix.clone(),
+            persistent_sessions: load.persistent.into(),
         });
         (workload, connect_options(&load.conn))
     };
@@ -602,6 +637,30 @@ mod tests {
         assert_eq!(m.scenario, Scenario::FanIn { publishers: 4 });
         assert_eq!(m.qos, QoS::AtLeastOnce);
         assert_eq!(m.rate_per_sec, Some(1000));
+    }
+
+    #[test]
+    fn persistent_alone_means_subscribers_and_takes_all_or_none() {
+        let sessions = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["cutie-bench", "p2p"].iter().chain(args))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Scenario(command) = cli.command else {
+                panic!("not a scenario");
+            };
+            let Workload::Messages(m) = workload(&command).0 else {
+                panic!("not messages");
+            };
+            m.persistent_sessions
+        };
+        assert_eq!(sessions(&[]), PersistentSessions::None);
+        assert_eq!(sessions(&["--persistent"]), PersistentSessions::Subscribers);
+        assert_eq!(
+            sessions(&["--persistent", "--qos", "1"]),
+            PersistentSessions::Subscribers
+        );
+        assert_eq!(sessions(&["--persistent", "all"]), PersistentSessions::All);
+        assert_eq!(sessions(&["--persistent=none"]), PersistentSessions::None);
+        assert!(Cli::try_parse_from(["cutie-bench", "p2p", "--persistent", "some"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a run found: [`Report`] (serialisable for `--json`, printable as a table) and
 //! [`Comparison`], the side-by-side of several targets with ratios against the first.
 
+use crate::config::PersistentSessions;
 use crate::latency::LatencySummary;
 use crate::procfs::ProcSample;
 use hdrhistogram::Histogram;
@@ -49,6 +50,8 @@ pub struct MessageReport {
     pub granted_qos: u8,
     /// Bytes per payload.
     pub payload_bytes: usize,
+    /// Which connections kept a session on the broker (`clean_session = 0`).
+    pub persistent_sessions: PersistentSessions,
     /// Publishing connections.
     pub publishers: u32,
     /// Subscribing connections.
@@ -227,6 +230,17 @@ impl fmt::Display for Report {
             };
             row(f, "qos", format!("{qos}{window}"))?;
             row(f, "load", format!("{load}, payload {} B", m.payload_bytes))?;
+            row(
+                f,
+                "sessions",
+                match m.persistent_sessions {
+                    PersistentSessions::None => "clean".to_owned(),
+                    PersistentSessions::Subscribers => {
+                        "subscribers persistent (clean_session = 0), publishers clean".to_owned()
+                    }
+                    PersistentSessions::All => "all persistent (clean_session = 0)".to_owned(),
+                },
+            )?;
             row(
                 f,
                 "time",
@@ -665,6 +679,7 @@ mod tests {
                     qos: 1,
                     granted_qos: 1,
                     payload_bytes: 64,
+                    persistent_sessions: PersistentSessions::None,
                     publishers: 1,
                     subscribers: 1,
                     rate_per_sec: None,

@@ -79,6 +79,7 @@ pub fn run_messages(
     for id in 0..scenario.subscribers() {
         specs.push(ConnSpec {
             client_id: format!("cb{run_id:08x}s{id}"),
+            clean_session: !m.persistent_sessions.persistent(true),
             role: RoleSpec::Subscriber {
                 id,
                 filter: scenario.filter(&prefix, id),
@@ -92,10 +93,16 @@ pub fn run_messages(
             .map_err(|e| BenchError::Config(format!("topic {topic:?}: {e}")))?;
         specs.push(ConnSpec {
             client_id: format!("cb{run_id:08x}p{id}"),
+            clean_session: !m.persistent_sessions.persistent(false),
             role: RoleSpec::Publisher { id, topic },
         });
     }
     let total_connections = specs.len();
+    let persistent_client_ids: Vec<String> = specs
+        .iter()
+        .filter(|spec| !spec.clean_session)
+        .map(|spec| spec.client_id.clone())
+        .collect();
     let threads = m.threads.min(total_connections).max(1);
     let mut per_worker: Vec<Vec<ConnSpec>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, spec) in specs.into_iter().enumerate() {
@@ -180,6 +187,8 @@ pub fn run_messages(
     }
     if let Some(first) = failures.first() {
         abort(&command_txs);
+        // Sessions set up before the failure would stay on the broker.
+        let _ = discard_sessions(addr, &config.connect, &persistent_client_ids);
         return Err(BenchError::Setup {
             failed: failures.len(),
             total: total_connections,
@@ -284,8 +293,10 @@ pub fn run_messages(
     }
     intervals.emit_before(u64::MAX, observer);
     let broker_after = config.broker_pid.and_then(|pid| procfs::sample(pid).ok());
+    // After the broker's usage is sampled: the clean-up is not part of the measurement.
+    let cleanup_errors = discard_sessions(addr, &config.connect, &persistent_client_ids);
 
-    let mut report = build_report(config, m, threads, results, drained);
+    let mut report = build_report(config, m, threads, results, drained, cleanup_errors);
     if let Some(report_messages) = &mut report.messages {
         report_messages.drain_used_secs =
             stopped_at.saturating_duration_since(send_end).as_secs_f64();
@@ -307,6 +318,36 @@ pub fn run_messages(
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Discards the sessions of `client_ids` on the broker: connects each with
+/// `clean_session = 1` [MQTT-3.1.2-6] and disconnects. Stops at the first failure (a
+/// broker that does not answer would cost the I/O timeout per id) and returns what went
+/// wrong, naming the sessions left behind.
+pub fn discard_sessions(
+    addr: SocketAddr,
+    connect: &crate::config::ConnectOptions,
+    client_ids: &[String],
+) -> Vec<String> {
+    for (done, client_id) in client_ids.iter().enumerate() {
+        let discarded = crate::client::connect(addr, client_id, true, connect, 64 * 1024).and_then(
+            |mut connected| {
+                crate::client::write_packet(
+                    &mut connected.stream,
+                    &cutie_codec::Packet::Disconnect,
+                    "writing DISCONNECT",
+                )
+            },
+        );
+        if let Err(e) = discarded {
+            return vec![format!(
+                "{client_id}: discarding its session after the run: {e} ({} persistent \
+                 sessions left on the broker)",
+                client_ids.len() - done
+            )];
+        }
+    }
+    Vec::new()
 }
 
 /// Collects the workers' per-second histograms and hands each second on once.
@@ -368,6 +409,7 @@ fn build_report(
     threads: usize,
     results: Vec<WorkerResult>,
     drained: bool,
+    cleanup_errors: Vec<String>,
 ) -> Report {
     let mut sent_by_publisher: BTreeMap<u32, u64> = BTreeMap::new();
     let mut latency_histogram = new_histogram();
@@ -430,6 +472,7 @@ fn build_report(
             qos: m.qos as u8,
             granted_qos: granted_qos as u8,
             payload_bytes: m.payload_bytes,
+            persistent_sessions: m.persistent_sessions,
             publishers: m.scenario.publishers(),
             subscribers: m.scenario.subscribers(),
             rate_per_sec: m.rate_per_sec,
@@ -463,6 +506,7 @@ fn build_report(
         errors: Vec::new(),
         errors_total: 0,
     };
+    errors.extend(cleanup_errors);
     report.set_errors(errors);
     report
 }

@@ -318,7 +318,7 @@ fn storm_thread(
             break;
         }
         let client_id = format!("cb{:08x}c{index}", plan.run_id);
-        match client::connect(plan.addr, &client_id, options, 64 * 1024) {
+        match client::connect(plan.addr, &client_id, true, options, 64 * 1024) {
             Ok(connected) => {
                 let done = Instant::now();
                 let from = scheduled.unwrap_or(start);

@@ -145,6 +145,8 @@ pub enum RoleSpec {
 pub struct ConnSpec {
     /// The MQTT client id.
     pub client_id: String,
+    /// CONNECT's `clean_session`; false keeps the session on the broker.
+    pub clean_session: bool,
     /// What it does.
     pub role: RoleSpec,
 }
@@ -392,9 +394,14 @@ fn setup(plan: &Plan, spec: &ConnSpec) -> Result<SetUp, crate::error::ClientErro
     let mut connected = client::connect(
         plan.addr,
         &spec.client_id,
+        spec.clean_session,
         &plan.connect,
         plan.packet_size_max(),
     )?;
+    // Client ids are new in every run: a session already there is someone else's.
+    if connected.session_present {
+        return Err(crate::error::ClientError::StaleSession);
+    }
     let granted_qos = match &spec.role {
         RoleSpec::Subscriber { filter, .. } => {
             let deadline = Instant::now() + plan.connect.io_timeout;
@@ -456,6 +463,7 @@ impl EventLoop {
                 stream,
                 read_buf,
                 decoder,
+                session_present: _,
             } = setup.connected;
             stream.set_read_timeout(None)?;
             stream.set_write_timeout(None)?;

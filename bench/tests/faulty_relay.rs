@@ -9,7 +9,9 @@
 //! the report's counts equal the relay's.
 
 use bytes::BytesMut;
-use cutie_bench::config::{ConnectOptions, MessageConfig, RunConfig, Scenario, StormConfig};
+use cutie_bench::config::{
+    ConnectOptions, MessageConfig, PersistentSessions, RunConfig, Scenario, StormConfig,
+};
 use cutie_bench::{BenchError, NoObserver, Report, Workload};
 use cutie_codec::{
     ConnAck, ConnectReturnCode, Decoder, Packet, PacketId, Publish, PublishQos, QoS, SubAck,
@@ -39,6 +41,8 @@ enum Fault {
     RefuseConnect,
     /// Close each publisher's connection after 50 messages.
     CloseAfterFifty,
+    /// Answer every CONNECT with session present = 1 (a session left from elsewhere).
+    SessionPresent,
 }
 
 /// What the relay did, counted per delivery (one message to one subscriber).
@@ -51,6 +55,8 @@ struct Stats {
     dropped: AtomicU64,
     duplicated: AtomicU64,
     swapped: AtomicU64,
+    /// Every CONNECT, in arrival order: (client id, clean_session).
+    connects: Mutex<Vec<(String, bool)>>,
 }
 
 struct Relay {
@@ -173,7 +179,12 @@ fn serve(mut stream: TcpStream, fault: Fault, registry: Registry, stats: Arc<Sta
                 Err(_) => return,
             };
             match packet {
-                Packet::Connect(_) => {
+                Packet::Connect(connect) => {
+                    stats
+                        .connects
+                        .lock()
+                        .expect("connects")
+                        .push((connect.client_id.to_string(), connect.clean_session));
                     let return_code = if fault == Fault::RefuseConnect {
                         ConnectReturnCode::NotAuthorized
                     } else {
@@ -182,7 +193,7 @@ fn serve(mut stream: TcpStream, fault: Fault, registry: Registry, stats: Arc<Sta
                     write(
                         &mut stream,
                         &Packet::ConnAck(ConnAck {
-                            session_present: false,
+                            session_present: fault == Fault::SessionPresent,
                             return_code,
                         }),
                     );
@@ -311,6 +322,7 @@ fn message_config(addr: SocketAddr, scenario: Scenario, qos: QoS) -> RunConfig {
             drain: Duration::from_secs(3),
             threads: 2,
             topic_prefix: None,
+            persistent_sessions: PersistentSessions::None,
         }),
         broker_pid: None,
     }
@@ -322,6 +334,14 @@ fn fan_out(scenario: Scenario) -> u64 {
         Scenario::FanOut { subscribers } => u64::from(subscribers),
         _ => 1,
     }
+}
+
+/// `config` with `sessions` kept on the broker.
+fn persistent(mut config: RunConfig, sessions: PersistentSessions) -> RunConfig {
+    if let Workload::Messages(m) = &mut config.workload {
+        m.persistent_sessions = sessions;
+    }
+    config
 }
 
 /// `config` with a short drain, for runs that never get everything (loss).
@@ -522,6 +542,73 @@ fn a_connection_closed_mid_run_is_reported_and_the_run_completes() {
     );
     assert_eq!(m.received, 100, "{report}");
     assert_eq!(m.lost, m.expected - 100, "{report}");
+}
+
+#[test]
+fn persistent_sessions_connect_without_clean_session_and_are_discarded_after_the_run() {
+    for sessions in [PersistentSessions::Subscribers, PersistentSessions::All] {
+        let relay = Relay::start(Fault::None);
+        let config = persistent(
+            message_config(
+                relay.addr,
+                Scenario::PointToPoint { pairs: 2 },
+                QoS::AtLeastOnce,
+            ),
+            sessions,
+        );
+        let report = run(&config);
+        let m = report.messages.as_ref().expect("message report");
+        let context = format!("{sessions:?}:\n{report}");
+        assert_eq!(m.persistent_sessions, sessions, "{context}");
+        assert_eq!(m.sent, 2000, "{context}");
+        assert_eq!(m.received, m.expected, "{context}");
+        assert_eq!((m.lost, m.duplicated, m.reordered), (0, 0, 0), "{context}");
+        assert_eq!(report.errors_total, 0, "{context}");
+        assert!(report.to_string().contains("persistent"), "{context}");
+
+        // Every client id's CONNECTs in order: persistent ones connect with
+        // clean_session = 0 for the run, then once with 1 to discard the session.
+        let connects = relay.stats.connects.lock().expect("connects").clone();
+        let of = |client_id: &str| -> Vec<bool> {
+            connects
+                .iter()
+                .filter(|(id, _)| id == client_id)
+                .map(|(_, clean)| *clean)
+                .collect()
+        };
+        let mut client_ids: Vec<&String> = connects.iter().map(|(id, _)| id).collect();
+        client_ids.sort();
+        client_ids.dedup();
+        assert_eq!(client_ids.len(), 4, "{connects:?}");
+        for client_id in client_ids {
+            // cb<8 hex digits of the run id>s<n> or ...p<n>.
+            let subscriber = client_id[10..].starts_with('s');
+            let expected = if sessions.persistent(subscriber) {
+                vec![false, true]
+            } else {
+                vec![true]
+            };
+            assert_eq!(of(client_id), expected, "{client_id} in {connects:?}");
+        }
+    }
+}
+
+#[test]
+fn a_session_already_present_for_a_new_client_id_fails_setup() {
+    let relay = Relay::start(Fault::SessionPresent);
+    let config = persistent(
+        message_config(
+            relay.addr,
+            Scenario::PointToPoint { pairs: 1 },
+            QoS::AtLeastOnce,
+        ),
+        PersistentSessions::Subscribers,
+    );
+    let result = cutie_bench::run(&config, &mut NoObserver);
+    assert!(
+        matches!(&result, Err(BenchError::Setup { first, .. }) if first.contains("stale session")),
+        "{result:?}"
+    );
 }
 
 fn storm_config(addr: SocketAddr, connections: u32) -> RunConfig {

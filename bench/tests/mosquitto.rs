@@ -1,8 +1,8 @@
-//! A short fan-in against a real Mosquitto, when one is installed (Debian package
-//! `mosquitto`). Skips, saying so on stderr, when it is not: CI installs only the
-//! clients by default.
+//! Short runs against a real Mosquitto (Debian package `mosquitto`, which
+//! `scripts/test-all` installs): a fan-in, and point-to-point with persistent subscriber
+//! sessions. Fails, naming the package, when it is not installed.
 
-use cutie_bench::config::{ConnectOptions, MessageConfig, RunConfig, Scenario};
+use cutie_bench::config::{ConnectOptions, MessageConfig, PersistentSessions, RunConfig, Scenario};
 use cutie_bench::{NoObserver, Workload};
 use cutie_codec::QoS;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,8 +31,8 @@ impl Drop for Broker {
     }
 }
 
-#[test]
-fn fan_in_against_mosquitto_loses_nothing() {
+/// Starts Mosquitto on an ephemeral port and waits until it listens.
+fn start_mosquitto() -> (Broker, SocketAddr) {
     // scripts/test-all installs mosquitto: the harness is tested against a real broker.
     let mosquitto = find_mosquitto().expect("mosquitto is installed (apt-get install mosquitto)");
     // An ephemeral port, released for mosquitto to take.
@@ -56,6 +56,12 @@ fn fan_in_against_mosquitto_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (broker, addr)
+}
+
+#[test]
+fn fan_in_against_mosquitto_loses_nothing() {
+    let (broker, addr) = start_mosquitto();
     let config = RunConfig {
         target_name: "mosquitto".into(),
         target_addr: addr.to_string(),
@@ -71,6 +77,7 @@ fn fan_in_against_mosquitto_loses_nothing() {
             drain: Duration::from_secs(2),
             threads: 2,
             topic_prefix: None,
+            persistent_sessions: PersistentSessions::None,
         }),
         broker_pid: Some(broker.0.id()),
     };
@@ -84,5 +91,38 @@ fn fan_in_against_mosquitto_loses_nothing() {
     assert_eq!(m.latency_us.count, 2000, "{report}");
     let usage = report.broker.as_ref().expect("mosquitto's /proc entry");
     assert!(usage.after.rss_bytes > 0, "{report}");
+    drop(broker);
+}
+
+#[test]
+fn p2p_with_persistent_subscribers_against_mosquitto_loses_nothing_and_cleans_up() {
+    let (broker, addr) = start_mosquitto();
+    let config = RunConfig {
+        target_name: "mosquitto".into(),
+        target_addr: addr.to_string(),
+        connect: ConnectOptions::default(),
+        workload: Workload::Messages(MessageConfig {
+            scenario: Scenario::PointToPoint { pairs: 3 },
+            qos: QoS::AtLeastOnce,
+            payload_bytes: 64,
+            rate_per_sec: Some(1500),
+            inflight_max: 100,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+            drain: Duration::from_secs(2),
+            threads: 2,
+            topic_prefix: None,
+            persistent_sessions: PersistentSessions::Subscribers,
+        }),
+        broker_pid: None,
+    };
+    let report = cutie_bench::run(&config, &mut NoObserver).expect("run completes");
+    let m = report.messages.as_ref().expect("message report");
+    assert_eq!(m.sent, 1800, "{report}");
+    assert_eq!(m.acked, m.sent, "{report}");
+    assert_eq!(m.received, m.expected, "{report}");
+    assert_eq!((m.lost, m.duplicated, m.reordered), (0, 0, 0), "{report}");
+    // No setup failure (no session was present) and every session was discarded.
+    assert_eq!(report.errors_total, 0, "{report}");
     drop(broker);
 }
