@@ -89,6 +89,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A `tracing` `EnvFilter` directive (`info`, `warn,cutie_shard=debug`).
     pub log_level: String,
+    /// Seconds between publications of the `$SYS/broker/...` topics; 0 turns them off.
+    pub sys_interval_secs: u64,
     /// Where clients connect.
     pub listener: ListenerConfig,
     /// The admin HTTP endpoint (metrics, health).
@@ -99,6 +101,49 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The write-ahead logs: when acknowledgements wait for the disk, compaction.
     pub persistence: PersistenceConfig,
+    /// Who may connect, and what they may publish and subscribe to.
+    pub auth: AuthConfig,
+    /// The TLS listener's certificate, key and client certificates.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the TLS listener (`listener.tls`). The files are read at start (a file that
+/// does not load is a configuration error naming it) and again on SIGHUP (a file that
+/// does not load then keeps the certificate in force).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain: the server certificate first, then intermediates.
+    #[serde(serialize_with = "serialize_opt_path_lossy")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(serialize_with = "serialize_opt_path_lossy")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates. Set: every client must present a certificate signed by one
+    /// of them (mutual TLS); unset: no client certificate is asked for.
+    #[serde(serialize_with = "serialize_opt_path_lossy")]
+    pub client_ca_file: Option<PathBuf>,
+    /// The client certificate's subject CN becomes the MQTT user name, authenticated by
+    /// the certificate (no password check), as Mosquitto's option of that name. Needs
+    /// `client_ca_file`.
+    pub use_identity_as_username: bool,
+}
+
+/// `[auth]`: authentication (password file, `CUTIE_USER_<NAME>` variables) and
+/// authorization (an ACL file). Reloaded on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept clients that send no user name. Unset: true only when there is no
+    /// password file and no `CUTIE_USER_*` user (said loudly in the log).
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto-style password file (`user:$7$...` lines), managed with `cutie passwd`.
+    #[serde(serialize_with = "serialize_opt_path_lossy")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-style ACL file (`user`, `topic`, `pattern` lines). Unset: every client
+    /// may publish and subscribe to everything.
+    #[serde(serialize_with = "serialize_opt_path_lossy")]
+    pub acl_file: Option<PathBuf>,
 }
 
 /// When acknowledgements wait for the disk.
@@ -150,6 +195,9 @@ impl Default for PersistenceConfig {
 pub struct ListenerConfig {
     /// Plain-TCP MQTT listener address.
     pub tcp: SocketAddr,
+    /// MQTT over TLS listener address (8883 by convention); unset: no TLS listener.
+    /// Needs `tls.cert_file` and `tls.key_file`.
+    pub tls: Option<SocketAddr>,
 }
 
 /// `[admin]`: the admin HTTP endpoint.
@@ -181,6 +229,20 @@ pub struct LimitsConfig {
     /// Bytes waiting to be written to one connection; QoS 0 messages that
     /// would go above this are dropped and counted.
     pub outbound_buffer_bytes_max: usize,
+    /// Connections open at once from one client address; 0: no limit.
+    pub max_connections_per_address: u32,
+    /// Subscriptions one client session may hold; more get SUBACK 0x80.
+    pub max_subscriptions_per_client: usize,
+    /// Levels (`/`-separated) a topic or filter may have; deeper publishes are dropped
+    /// and counted, deeper subscriptions refused.
+    pub max_topic_levels: usize,
+    /// Failures (bad credentials, malformed packets) from one address within
+    /// `ban_window_secs` after which it is banned; 0 turns banning off.
+    pub ban_threshold: u32,
+    /// The window failures are counted in, in seconds.
+    pub ban_window_secs: u64,
+    /// How long a banned address is refused, in seconds.
+    pub ban_duration_secs: u64,
 }
 
 /// `[runtime]`: executor tuning.
@@ -204,11 +266,14 @@ impl Default for Config {
             pin_cores: true,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_owned(),
+            sys_interval_secs: 10,
             listener: ListenerConfig::default(),
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
             runtime: RuntimeConfig::default(),
             persistence: PersistenceConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -217,6 +282,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             tcp: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls: None,
         }
     }
 }
@@ -239,6 +305,12 @@ impl Default for LimitsConfig {
             max_inflight: 32,
             max_queued_messages: 1000,
             outbound_buffer_bytes_max: 1024 * 1024,
+            max_connections_per_address: 0,
+            max_subscriptions_per_client: 10_000,
+            max_topic_levels: 128,
+            ban_threshold: 10,
+            ban_window_secs: 60,
+            ban_duration_secs: 300,
         }
     }
 }
@@ -260,6 +332,17 @@ fn default_shards() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, SHARDS_MAX)
+}
+
+/// [`serialize_path_lossy`] for an optional path (absent stays absent).
+fn serialize_opt_path_lossy<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => s.serialize_some(&path.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Paths are written as UTF-8 text; a non-UTF-8 path is written lossily rather
@@ -296,6 +379,7 @@ impl Config {
         }
 
         range("shards", self.shards, 1, SHARDS_MAX)?;
+        range("sys_interval_secs", self.sys_interval_secs, 0, 86_400)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(Violation {
                 key: "log_level",
@@ -317,6 +401,7 @@ impl Config {
                 ),
             });
         }
+        self.validate_tls()?;
 
         let limits = &self.limits;
         range(
@@ -372,6 +457,25 @@ impl Config {
             1 << 20,
         )?;
         range(
+            "limits.max_subscriptions_per_client",
+            limits.max_subscriptions_per_client,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.max_topic_levels",
+            limits.max_topic_levels,
+            1,
+            65_535,
+        )?;
+        range("limits.ban_window_secs", limits.ban_window_secs, 1, 86_400)?;
+        range(
+            "limits.ban_duration_secs",
+            limits.ban_duration_secs,
+            1,
+            30 * 86_400,
+        )?;
+        range(
             "persistence.fsync_interval_ms",
             self.persistence.fsync_interval_ms,
             1,
@@ -383,6 +487,39 @@ impl Config {
             64 * 1024,
             1 << 40,
         )?;
+        Ok(())
+    }
+
+    /// `listener.tls` and `[tls]`: the listener's address is free and its files are
+    /// named (whether they load is checked when they are read).
+    fn validate_tls(&self) -> Result<(), Violation> {
+        if let Some(tls) = self.listener.tls {
+            if addresses_overlap(tls, self.listener.tcp) {
+                return Err(Violation {
+                    key: "listener.tls",
+                    reason: format!("{tls} collides with listener.tcp {}", self.listener.tcp),
+                });
+            }
+            if self.admin.enabled && addresses_overlap(self.admin.listen, tls) {
+                return Err(Violation {
+                    key: "admin.listen",
+                    reason: format!("{} collides with listener.tls {tls}", self.admin.listen),
+                });
+            }
+            if self.tls.cert_file.is_none() || self.tls.key_file.is_none() {
+                return Err(Violation {
+                    key: "listener.tls",
+                    reason: "a TLS listener needs tls.cert_file and tls.key_file".to_owned(),
+                });
+            }
+        }
+        if self.tls.use_identity_as_username && self.tls.client_ca_file.is_none() {
+            return Err(Violation {
+                key: "tls.use_identity_as_username",
+                reason: "needs tls.client_ca_file (client certificates to take the name from)"
+                    .to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -440,6 +577,12 @@ pub struct Cli {
     /// (persistence.recover_skip_corrupt = true).
     #[arg(long)]
     pub recover_skip_corrupt: bool,
+    /// Password file, Mosquitto's `user:hash` shape (auth.password_file).
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<PathBuf>,
+    /// Accept clients without a user name: true or false (auth.allow_anonymous).
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -459,6 +602,11 @@ impl Cli {
             "persistence.recover_skip_corrupt" => self
                 .recover_skip_corrupt
                 .then_some("--recover-skip-corrupt"),
+            "auth.password_file" => self.password_file.is_some().then_some("--password-file"),
+            "auth.allow_anonymous" => self
+                .allow_anonymous
+                .is_some()
+                .then_some("--allow-anonymous"),
             _ => None,
         }
     }
@@ -488,6 +636,12 @@ impl Cli {
         }
         if self.recover_skip_corrupt {
             config.persistence.recover_skip_corrupt = true;
+        }
+        if let Some(path) = &self.password_file {
+            config.auth.password_file = Some(path.clone());
+        }
+        if let Some(allow) = self.allow_anonymous {
+            config.auth.allow_anonymous = Some(allow);
         }
     }
 }
@@ -873,6 +1027,8 @@ mod tests {
                 no_pin_cores: true,
                 durability: None,
                 recover_skip_corrupt: false,
+                password_file: None,
+                allow_anonymous: None,
                 print_config: true,
             }
         );
@@ -890,6 +1046,7 @@ mod tests {
         assert!(config.pin_cores);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.log_level, "info");
+        assert_eq!(config.sys_interval_secs, 10);
         assert_eq!(
             config.listener.tcp,
             "0.0.0.0:1883".parse::<SocketAddr>().unwrap()
@@ -1270,6 +1427,7 @@ mod tests {
         let cases: Vec<(&str, Breaker)> = vec![
             ("shards", |c| c.shards = SHARDS_MAX + 1),
             ("log_level", |c| c.log_level = "info,[".to_owned()),
+            ("sys_interval_secs", |c| c.sys_interval_secs = 86_401),
             ("data_dir", |c| c.data_dir = PathBuf::new()),
             ("limits.max_packet_size", |c| c.limits.max_packet_size = 63),
             ("limits.max_packet_size", |c| {
@@ -1358,5 +1516,132 @@ mod tests {
         for table in ["[listener]", "[admin]", "[limits]", "[runtime]"] {
             assert!(text.contains(table), "{text}");
         }
+    }
+
+    #[test]
+    fn tls_listener_is_off_by_default() {
+        let config = Config::default();
+        assert_eq!(config.listener.tls, None);
+        assert_eq!(config.tls, TlsConfig::default());
+        let text = config.to_toml();
+        assert!(!text.contains("tls = "), "{text}");
+        assert!(text.contains("[tls]"), "{text}");
+    }
+
+    #[test]
+    fn tls_keys_load_from_file_and_environment() {
+        let dir = dir_with_file(
+            "[listener]\ntls = \"127.0.0.1:8883\"\n\
+             [tls]\ncert_file = \"/etc/cutie/cert.pem\"\nkey_file = \"/etc/cutie/key.pem\"\n",
+        );
+        let config = load_from(&Cli::default(), env(&[]), dir.path()).unwrap();
+        assert_eq!(
+            config.listener.tls,
+            Some("127.0.0.1:8883".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            config.tls.cert_file.as_deref(),
+            Some(Path::new("/etc/cutie/cert.pem"))
+        );
+        assert!(!config.tls.use_identity_as_username);
+
+        let config = load_from(
+            &Cli::default(),
+            env(&[
+                ("CUTIE_LISTENER__TLS", "0.0.0.0:8884"),
+                ("CUTIE_TLS__CERT_FILE", "c.pem"),
+                ("CUTIE_TLS__KEY_FILE", "k.pem"),
+                ("CUTIE_TLS__CLIENT_CA_FILE", "ca.pem"),
+                ("CUTIE_TLS__USE_IDENTITY_AS_USERNAME", "true"),
+            ]),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.listener.tls,
+            Some("0.0.0.0:8884".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            config.tls.client_ca_file.as_deref(),
+            Some(Path::new("ca.pem"))
+        );
+        assert!(config.tls.use_identity_as_username);
+    }
+
+    #[test]
+    fn tls_listener_needs_its_files_and_a_port_of_its_own() {
+        let dir = empty_dir();
+        assert_eq!(
+            load_err(
+                &Cli::default(),
+                &[("CUTIE_LISTENER__TLS", "0.0.0.0:8883")],
+                dir.path()
+            ),
+            "invalid value for 'listener.tls' (from environment variable CUTIE_LISTENER__TLS): \
+             a TLS listener needs tls.cert_file and tls.key_file"
+        );
+        let files = [
+            ("CUTIE_TLS__CERT_FILE", "c.pem"),
+            ("CUTIE_TLS__KEY_FILE", "k.pem"),
+        ];
+        let message = load_err(
+            &Cli::default(),
+            &[
+                files[0],
+                files[1],
+                ("CUTIE_LISTENER__TLS", "127.0.0.1:1883"),
+            ],
+            dir.path(),
+        );
+        assert!(
+            message.starts_with("invalid value for 'listener.tls'")
+                && message.ends_with("127.0.0.1:1883 collides with listener.tcp 0.0.0.0:1883"),
+            "{message}"
+        );
+        let message = load_err(
+            &cli(&["--admin", "127.0.0.1:8883"]),
+            &[files[0], files[1], ("CUTIE_LISTENER__TLS", "0.0.0.0:8883")],
+            dir.path(),
+        );
+        assert!(
+            message
+                .starts_with("invalid value for 'admin.listen' (from command-line flag --admin)"),
+            "{message}"
+        );
+        let message = load_err(
+            &Cli::default(),
+            &[("CUTIE_TLS__USE_IDENTITY_AS_USERNAME", "true")],
+            dir.path(),
+        );
+        assert!(
+            message.starts_with(
+                "invalid value for 'tls.use_identity_as_username' (from environment variable \
+                 CUTIE_TLS__USE_IDENTITY_AS_USERNAME): needs tls.client_ca_file"
+            ),
+            "{message}"
+        );
+        // Port 0 (tests) collides with nothing.
+        let mut config = Config::default();
+        config.listener.tcp = "127.0.0.1:0".parse::<SocketAddr>().unwrap();
+        config.listener.tls = Some("127.0.0.1:0".parse::<SocketAddr>().unwrap());
+        config.tls.cert_file = Some(PathBuf::from("c.pem"));
+        config.tls.key_file = Some(PathBuf::from("k.pem"));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn printed_config_with_tls_loads_back_to_the_same_config() {
+        let mut config = Config::default();
+        config.listener.tls = Some("[::]:8883".parse::<SocketAddr>().unwrap());
+        config.tls = TlsConfig {
+            cert_file: Some(PathBuf::from("/etc/cutie/tls/chain.pem")),
+            key_file: Some(PathBuf::from("/etc/cutie/tls/key.pem")),
+            client_ca_file: Some(PathBuf::from("/etc/cutie/tls/clients.pem")),
+            use_identity_as_username: true,
+        };
+        let text = config.to_toml();
+        let dir = dir_with_file(&text);
+        let loaded = load_from(&Cli::default(), env(&[]), dir.path()).unwrap();
+        assert_eq!(loaded, config, "printed:\n{text}");
     }
 }

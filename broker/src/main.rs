@@ -1,28 +1,38 @@
 //! `cutie`: the broker binary.
 //!
 //! - [`config`]: defaults -> `cutie.toml` -> `CUTIE_*` environment -> flags, validated.
-//! - [`auth`]: password files, `CUTIE_USER_*` users and ACL files (checks only; not yet
-//!   called by the connection path).
+//! - [`auth`]: password files, `CUTIE_USER_*` users and ACL files.
+//! - [`access`]: those, plugged into the shards' authentication/authorization interface;
+//!   reloaded on SIGHUP.
 //! - [`passwd`]: the `cutie passwd` subcommand, a `mosquitto_passwd` work-alike.
+//! - [`tls`]: the TLS listener's files, loaded at start and reloaded on SIGHUP.
+//! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, the
+//!   dashboard, the JSON API) and the `$SYS` topics.
 //! - `main` (here): logging, the data directory lock, signals, starting and stopping the
 //!   shards ([`cutie_shard::runtime`]).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a configuration error,
 //! 3 when the broker cannot start (address in use, data directory locked, executor setup).
 
+mod access;
+mod admin;
 mod auth;
 mod config;
 mod passwd;
+mod tls;
 
 use clap::Parser;
 use config::DurabilityMode;
 use config::{Cli, Config};
+use cutie_shard::access::{AccessControl, BanConfig};
 use cutie_shard::{Durability, Limits, LogConfig, RuntimeConfig};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const EXIT_CONFIG: u8 = 2;
 const EXIT_START: u8 = 3;
@@ -48,7 +58,29 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log_level);
-    match run(&config) {
+    let access = Arc::new(AccessControl::new(BanConfig {
+        threshold: config.limits.ban_threshold,
+        window: Duration::from_secs(config.limits.ban_window_secs),
+        duration: Duration::from_secs(config.limits.ban_duration_secs),
+        connections_per_address_max: config.limits.max_connections_per_address,
+    }));
+    match access::load(&config.auth, &access) {
+        Ok(loaded) => access::log_loaded(&loaded, &config.auth),
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("cutie: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let tls = match tls::load(&config) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("cutie: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(&config, &access, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -102,9 +134,17 @@ fn block_shutdown_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
+}
+
+/// SIGHUP: reloads what can change without a restart (users, ACL). A bad file keeps
+/// what is in force.
+fn reload(config: &Config, access: &AccessControl) {
+    tracing::info!("SIGHUP: reloading");
+    access::reload(&config.auth, access);
 }
 
 fn wait_for_signal(set: &libc::sigset_t) -> i32 {
@@ -114,9 +154,25 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
-fn run(config: &Config) -> Result<(), String> {
+fn run(
+    config: &Config,
+    access: &Arc<AccessControl>,
+    tls: Option<cutie_shard::tls::TlsListener>,
+) -> Result<(), String> {
+    let started = Instant::now();
     let _lock = lock_data_dir(&config.data_dir)?;
     let signals = block_shutdown_signals();
+    // Up before recovery, so that /healthz and /readyz say "starting" meanwhile.
+    let admin = if config.admin.enabled {
+        let prometheus = admin::install_recorder()?;
+        Some(admin::AdminServer::start(
+            config.admin.listen,
+            config.shards,
+            prometheus,
+        )?)
+    } else {
+        None
+    };
     let shards = u16::try_from(config.shards).map_err(|_| "too many shards".to_string())?;
     let runtime = RuntimeConfig {
         shards,
@@ -132,8 +188,12 @@ fn run(config: &Config) -> Result<(), String> {
             inflight_max: config.limits.max_inflight,
             queued_max: config.limits.max_queued_messages,
             outbound_buffer_bytes_max: config.limits.outbound_buffer_bytes_max,
+            subscriptions_per_client_max: config.limits.max_subscriptions_per_client,
+            topic_levels_max: config.limits.max_topic_levels,
             ..Limits::default()
         },
+        access: access.clone(),
+        tls: tls.clone(),
         log: Some(LogConfig {
             durability: match config.persistence.durability {
                 DurabilityMode::Sync => Durability::Sync,
@@ -151,17 +211,54 @@ fn run(config: &Config) -> Result<(), String> {
         }),
     };
     let broker = cutie_shard::start(runtime).map_err(|e| e.to_string())?;
+    if let Some(admin) = &admin {
+        admin.attach(broker.monitor());
+    }
+    let sys_stop = Arc::new(AtomicBool::new(false));
+    let sys = match config.sys_interval_secs {
+        0 => None,
+        secs => Some(
+            admin::sys::spawn(
+                broker.monitor(),
+                Duration::from_secs(secs),
+                started,
+                sys_stop.clone(),
+            )
+            .map_err(|e| format!("cannot start the $SYS thread: {e}"))?,
+        ),
+    };
+    let admin_addr = admin
+        .as_ref()
+        .map_or_else(|| "disabled".to_owned(), |a| a.local_addr().to_string());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %broker.local_addr(),
+        admin = %admin_addr,
+        tls = %broker
+            .tls_local_addr()
+            .map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
         shards,
         pin_cores = config.pin_cores,
         data_dir = %config.data_dir.display(),
         durability = ?config.persistence.durability,
         "cutie is listening"
     );
-    let signal = wait_for_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => {
+                reload(config, access);
+                if let Some(tls) = &tls {
+                    tls::reload(&tls.server);
+                }
+            }
+            signal => break signal,
+        }
+    };
     tracing::info!(signal, "shutting down");
+    sys_stop.store(true, Ordering::Relaxed);
+    if let Some(sys) = sys {
+        let _ = sys.join();
+    }
     broker.shutdown();
     broker.join();
     tracing::info!("stopped");

@@ -3,7 +3,9 @@
 //! directory, again and again; then everything acknowledged must have arrived.
 //!
 //! - Two rumqttc publishers with persistent sessions, one QoS 1 and one QoS 2, publish
-//!   numbered messages without pause and note which were acknowledged (PUBACK / PUBCOMP).
+//!   numbered messages one at a time and note which were acknowledged (PUBACK / PUBCOMP);
+//!   a third publisher written here over `cutie-codec` keeps 64 QoS 1 messages in flight,
+//!   so that group commit sees concurrent records and every PUBACK maps to its message.
 //!   Across restarts rumqttc resends what was not (its own retry logic, DUP and PUBREL).
 //!   The QoS 1 publisher also keeps a retained message up to date.
 //! - A persistent subscriber (clean session 0, QoS 2) subscribes once, before the first
@@ -158,7 +160,11 @@ fn run_publisher(
                 if done || at.elapsed() > SETTLE {
                     return;
                 }
-            } else if submitted.len() < 8 {
+            } else if submitted.is_empty() && inflight.is_empty() {
+                // One message outstanding at a time: rumqttc reports a packet id per
+                // first transmission but not which request it carries, so with more
+                // outstanding an acknowledgement could be pinned on the wrong message.
+                // (The burst publisher below keeps a wide window.)
                 let retained = qos == 1 && last_retained.elapsed() > Duration::from_millis(50);
                 let (topic, payload, retain, seq) = if retained {
                     let mut o = out.lock().unwrap();
@@ -210,6 +216,109 @@ fn acked(out: &Mutex<Published>, what: Option<(bool, u64)>) {
         }
         None => {}
     }
+}
+
+// ----- the burst publisher (cutie-codec over std sockets) ----------------------------------
+
+/// A QoS 1 publisher with a window of `WINDOW` unacknowledged messages and a persistent
+/// session, written here so that every PUBACK maps to its message exactly: on reconnect
+/// it resends what is unacknowledged, in order, with DUP [MQTT-4.4.0-1].
+fn run_burst_publisher(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Published>>,
+) -> thread::JoinHandle<()> {
+    const WINDOW: usize = 64;
+    thread::spawn(move || {
+        let mut unacked: VecDeque<(u16, u64)> = VecDeque::new();
+        let mut next_seq = 1u64;
+        let mut next_id = 1u16;
+        let mut stopped_at: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                let at = *stopped_at.get_or_insert_with(Instant::now);
+                if unacked.is_empty() || at.elapsed() > SETTLE {
+                    return;
+                }
+            }
+            let Ok(mut stream) = TcpStream::connect(addr) else {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+            let session = (|| -> std::io::Result<()> {
+                write_packet(
+                    &mut stream,
+                    Packet::Connect(Box::new(Connect {
+                        protocol: ProtocolLevel::V3_1_1,
+                        clean_session: false,
+                        keep_alive_secs: 0,
+                        client_id: ByteString::from("crash-pub-burst"),
+                        will: None,
+                        username: None,
+                        password: None,
+                    })),
+                )?;
+                let publish = |seq: u64, id: u16, dup: bool| {
+                    Packet::Publish(cutie_codec::Publish {
+                        dup,
+                        qos: PublishQos::AtLeastOnce(PacketId::new(id).unwrap()),
+                        retain: false,
+                        topic: cutie_codec::TopicName::new("crash/burst").unwrap(),
+                        payload: bytes::Bytes::from(format!("b-{seq}")),
+                    })
+                };
+                for (id, seq) in &unacked {
+                    write_packet(&mut stream, publish(*seq, *id, true))?;
+                }
+                let mut decoder = Decoder::new(1 << 20);
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let stopping = stop.load(Ordering::Relaxed);
+                    if stopping && unacked.is_empty() {
+                        return Ok(());
+                    }
+                    while !stopping && unacked.len() < WINDOW {
+                        let (seq, id) = (next_seq, next_id);
+                        next_seq += 1;
+                        next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
+                        out.lock().unwrap().sent = seq;
+                        unacked.push_back((id, seq));
+                        write_packet(&mut stream, publish(seq, id, false))?;
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    while let Some(packet) = decoder
+                        .decode(&mut buf)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?
+                    {
+                        if let Packet::PubAck(id) = packet {
+                            if let Some(pos) = unacked.iter().position(|(i, _)| *i == id.get()) {
+                                let (_, seq) = unacked.remove(pos).unwrap();
+                                out.lock().unwrap().acked.insert(seq);
+                            }
+                        }
+                    }
+                }
+            })();
+            if session.is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })
 }
 
 // ----- the exact subscriber (cutie-codec over std sockets) ---------------------------------
@@ -410,6 +519,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let q2 = Arc::new(Mutex::new(Published::default()));
     let p1 = run_publisher(addr, 1, stop_pubs.clone(), q1.clone());
     let p2 = run_publisher(addr, 2, stop_pubs.clone(), q2.clone());
+    let burst = Arc::new(Mutex::new(Published::default()));
+    let pb = run_burst_publisher(addr, stop_pubs.clone(), burst.clone());
 
     let mut recovery_crashes = 0;
     for round in 0..ROUNDS {
@@ -431,18 +542,25 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     stop_pubs.store(true, Ordering::Relaxed);
     p1.join().unwrap();
     p2.join().unwrap();
-    let (q1, q2) = (q1.lock().unwrap(), q2.lock().unwrap());
+    pb.join().unwrap();
+    let (q1, q2, burst) = (
+        q1.lock().unwrap(),
+        q2.lock().unwrap(),
+        burst.lock().unwrap(),
+    );
     assert!(
-        q1.acked.len() > 100 && q2.acked.len() > 100,
-        "too little traffic: {} / {}",
+        q1.acked.len() > 100 && q2.acked.len() > 100 && burst.acked.len() > 1000,
+        "too little traffic: {} / {} / {}",
         q1.acked.len(),
-        q2.acked.len()
+        q2.acked.len(),
+        burst.acked.len()
     );
     let expected: Vec<String> = q1
         .acked
         .iter()
         .map(|s| format!("q1-{s}"))
         .chain(q2.acked.iter().map(|s| format!("q2-{s}")))
+        .chain(burst.acked.iter().map(|s| format!("b-{s}")))
         .collect();
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -496,11 +614,13 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let q1_received = e.counts.keys().filter(|p| p.starts_with("q1-")).count();
         eprintln!(
             "{ROUNDS} crashes ({recovery_crashes} during recovery): QoS 1 acked {} (sent {}), QoS 2 acked {} (sent {}), \
-             QoS 1 distinct received {q1_received}, QoS 1 redeliveries {}",
+             burst QoS 1 acked {} (sent {}), QoS 1 distinct received {q1_received}, QoS 1 redeliveries {}",
             q1.acked.len(),
             q1.sent,
             q2.acked.len(),
             q2.sent,
+            burst.acked.len(),
+            burst.sent,
             e.counts.iter().filter(|(p, _)| p.starts_with("q1-")).map(|(_, n)| u64::from(*n) - 1).sum::<u64>()
         );
     }

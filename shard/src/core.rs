@@ -14,6 +14,7 @@
 //! a filter, it tells every peer and holds the SUBACK until all have applied it, so a
 //! client that has its SUBACK receives everything published afterwards, from any shard.
 
+use crate::access::{Authorizer, ClientPolicy, Identity};
 use crate::message::{
     owner_of, ConnId, MeshMessage, Message, RetainedVersion, ShardId, ShardSet, Token,
 };
@@ -31,6 +32,8 @@ use cutie_codec::{
 use cutie_persistence::{DurableState, InflightPhase, Record};
 use slab::Slab;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Limits one shard enforces. Every buffer and queue has one.
 #[derive(Debug, Clone)]
@@ -46,6 +49,11 @@ pub struct Limits {
     /// A session that acknowledged nothing for this long while it had messages in flight
     /// is stalled: publishers are no longer paced to it, its queue fills and then drops.
     pub stall_ms: u64,
+    /// Subscriptions one session may hold; more are refused (SUBACK 0x80). 0: no limit.
+    pub subscriptions_per_client_max: usize,
+    /// Levels a topic name or filter may have; deeper ones are refused (a PUBLISH is
+    /// dropped and counted, a SUBSCRIBE gets 0x80). 0: no limit.
+    pub topic_levels_max: usize,
 }
 
 impl Limits {
@@ -68,6 +76,8 @@ impl Default for Limits {
             queued_max: 1000,
             outbound_buffer_bytes_max: 1024 * 1024,
             stall_ms: 1000,
+            subscriptions_per_client_max: 0,
+            topic_levels_max: 0,
         }
     }
 }
@@ -184,6 +194,13 @@ struct Conn {
     /// Output from this offset of `out` on waits until the log has committed this
     /// record sequence number (durability `sync`).
     gate: Option<(usize, u64)>,
+    /// The CONNECT user name (kept to re-derive `policy` when the authorizer changes).
+    username: Option<ByteString>,
+    /// What this client may publish and subscribe to; `None`: everything.
+    policy: Option<Box<dyn ClientPolicy>>,
+    /// Measured deliveries in `out`: where each PUBLISH ends in `out`, and when its
+    /// message was read from its publisher (see [`ShardCore::take_output_timed`]).
+    delivery_times: Vec<(usize, Instant)>,
 }
 
 /// One shard's protocol state. See the module docs.
@@ -226,12 +243,19 @@ pub struct ShardCore {
     pressure: Option<SessionKey>,
     /// The write-ahead log's side in the core; `None`: nothing is logged.
     log: Option<Log>,
+    /// Makes each connection's policy; `None`: everything is allowed.
+    authorizer: Option<Arc<dyn Authorizer>>,
+    /// Connections closed for a malformed packet or a protocol violation, for the
+    /// runtime's ban table (see [`ShardCore::drain_violations`]).
+    violations: Vec<ConnId>,
     /// Forward ids of QoS 2 messages other shards forwarded here and have not released
     /// (see [`MeshMessage::Publish`]).
     forwarded: ahash::AHashSet<u128>,
     /// This incarnation of the shard (unique across restarts) in the high bits, a
     /// counter in the low bits: the next forward id.
     next_forward_id: u128,
+    /// When the bytes being handled were read (see [`ShardCore::handle_bytes_at`]).
+    input_at: Option<Instant>,
     /// Counters, read by the runtime.
     pub stats: ShardStats,
 }
@@ -262,8 +286,11 @@ impl ShardCore {
             now_ms: 0,
             pressure: None,
             log: None,
+            authorizer: None,
+            violations: Vec::new(),
             forwarded: ahash::AHashSet::new(),
             next_forward_id: (u128::from(id.0) << 48) | 1,
+            input_at: None,
             stats: ShardStats::default(),
         }
     }
@@ -282,6 +309,34 @@ impl ShardCore {
             healthy: true,
         });
         self
+    }
+
+    /// Replaces the authorizer; the policies of open connections are derived again.
+    pub fn set_authorizer(&mut self, authorizer: Option<Arc<dyn Authorizer>>) {
+        self.authorizer = authorizer;
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn_id in conns {
+            let Some(conn) = self.conns.get(&conn_id) else {
+                continue;
+            };
+            let Some(key) = conn.session else { continue };
+            let policy = self.authorizer.as_ref().map(|a| {
+                a.policy(&Identity {
+                    client_id: &self.sessions[key].client_id,
+                    username: conn.username.as_deref(),
+                })
+            });
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.policy = policy;
+            }
+        }
+    }
+
+    /// Connections closed for a malformed packet or protocol violation since the last
+    /// call (the runtime counts them against the client's address).
+    pub fn drain_violations(&mut self, into: &mut Vec<ConnId>) {
+        into.append(&mut self.violations);
     }
 
     /// Sets this run's incarnation, a number no earlier run of the shard used (the
@@ -389,6 +444,7 @@ impl ShardCore {
                 payload: bytes::Bytes::from(retained.payload.clone()),
                 qos,
                 retain: true,
+                received_at: None,
             };
             self.retained_clock += 1;
             let version = RetainedVersion {
@@ -418,6 +474,7 @@ impl ShardCore {
                 payload: bytes::Bytes::from(stored.payload.clone()),
                 qos,
                 retain: stored.retain,
+                received_at: None,
             }),
             _ => {
                 self.skip_restored("message", client_id, &stored.topic);
@@ -622,6 +679,9 @@ impl ShardCore {
             last_seen_ms: now_ms,
             deferred: VecDeque::new(),
             gate: None,
+            username: connect.username.clone(),
+            policy: None,
+            delivery_times: Vec::new(),
         };
 
         let refuse = |core: &mut ShardCore, mut conn: Conn, code: ConnectReturnCode| {
@@ -658,7 +718,22 @@ impl ShardCore {
             // MQTT 3.1 limits client ids to 23 characters.
             return refuse(self, conn, ConnectReturnCode::IdentifierRejected);
         }
-        // Authentication and authorization plug in here (CONNACK 4 and 5).
+        // Credentials were checked by the runtime before the connection got here
+        // (crate::access); what the client may do is decided once, now.
+        if let Some(authorizer) = &self.authorizer {
+            let policy = authorizer.policy(&Identity {
+                client_id: &client_id,
+                username: connect.username.as_deref(),
+            });
+            if let Some(will) = &connect.will {
+                if !policy.may_publish(will.topic.as_str()) {
+                    // Mosquitto's answer to a will the client may not publish.
+                    self.stats.publish_denied_total += 1;
+                    return refuse(self, conn, ConnectReturnCode::NotAuthorized);
+                }
+            }
+            conn.policy = Some(policy);
+        }
 
         let mut session_present = false;
         if let Some(&key) = self.session_index.get(&client_id) {
@@ -739,12 +814,31 @@ impl ShardCore {
                 Err(error) => {
                     tracing::debug!(conn = conn_id.0, %error, "malformed packet, closing");
                     self.stats.protocol_errors_total += 1;
+                    self.violations.push(conn_id);
+                    if matches!(error, cutie_codec::DecodeError::PacketTooLarge { .. }) {
+                        self.stats.packets_too_large_total += 1;
+                    }
                     self.close_conn(conn_id, true);
                     buf.clear();
                     return;
                 }
             }
         }
+    }
+
+    /// [`ShardCore::handle_bytes`] for bytes the runtime read at `read_at`: the messages
+    /// they publish carry it, and their deliveries to online subscribers are measured
+    /// from it (see [`ShardCore::take_output_timed`]).
+    pub fn handle_bytes_at(
+        &mut self,
+        conn_id: ConnId,
+        buf: &mut BytesMut,
+        now_ms: u64,
+        read_at: Instant,
+    ) {
+        self.input_at = Some(read_at);
+        self.handle_bytes(conn_id, buf, now_ms);
+        self.input_at = None;
     }
 
     /// The socket of `conn_id` failed or reached end of file without DISCONNECT.
@@ -797,6 +891,24 @@ impl ShardCore {
     /// Hands the pending output of `conn_id` to its writer by swapping it with `buf`
     /// (which should be empty: buffers are reused, not reallocated).
     pub fn take_output(&mut self, conn_id: ConnId, buf: &mut BytesMut) -> OutputState {
+        let mut times = Vec::new();
+        self.take_output_timed(conn_id, buf, &mut times)
+    }
+
+    /// [`ShardCore::take_output`], also appending to `times` when each measured PUBLISH
+    /// in the handed-over bytes was read from its publisher. The runtime records, once
+    /// the bytes are written to the socket, the time since: the delivery latency, from
+    /// the read of the PUBLISH (on whichever shard) to the write of the delivery. Measured
+    /// are the messages a client published that were sent to a subscriber online at the
+    /// time they were routed (QoS 0 sent at once; QoS 1/2 when they enter the inflight
+    /// window, after any wait in the session's queue); not wills, retained messages sent
+    /// on subscribe, re-sends, nor messages queued while the subscriber was offline.
+    pub fn take_output_timed(
+        &mut self,
+        conn_id: ConnId,
+        buf: &mut BytesMut,
+        times: &mut Vec<Instant>,
+    ) -> OutputState {
         match self.conns.get_mut(&conn_id) {
             None => OutputState::Gone,
             Some(conn) => {
@@ -806,14 +918,25 @@ impl ShardCore {
                         // Acknowledgements that never became durable are not sent.
                         conn.out.truncate(offset);
                         conn.gate = None;
+                        conn.delivery_times.retain(|(end, _)| *end <= offset);
                     } else {
                         // Only what precedes the gate may go now.
                         buf.extend_from_slice(&conn.out[..offset]);
                         let _ = conn.out.split_to(offset);
                         conn.gate = Some((0, conn.gate.map_or(0, |(_, seq)| seq)));
+                        let sent = conn
+                            .delivery_times
+                            .iter()
+                            .take_while(|(end, _)| *end <= offset)
+                            .count();
+                        times.extend(conn.delivery_times.drain(..sent).map(|(_, at)| at));
+                        for (end, _) in &mut conn.delivery_times {
+                            *end -= offset;
+                        }
                         return OutputState::Open;
                     }
                 }
+                times.extend(conn.delivery_times.drain(..).map(|(_, at)| at));
                 std::mem::swap(&mut conn.out, buf);
                 if conn.closing {
                     OutputState::Close
@@ -844,6 +967,17 @@ impl ShardCore {
             }
             None => into.append(&mut self.mesh_out),
         }
+    }
+
+    /// Publishes `message` on behalf of the broker (the `$SYS` topics): routed like a
+    /// client's QoS 0 publish (retained if `message.retain`), with no acknowledgement and
+    /// not counted as received from a client. Retained `$SYS/` topics are not logged:
+    /// they are published again every interval.
+    pub fn publish_internal(&mut self, message: Message, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let local = message.clone();
+        let _ = self.route(message, false, None, false);
+        self.deliver_local(&local);
     }
 
     /// A message from shard `from`.
@@ -1039,6 +1173,7 @@ impl ShardCore {
                 // A second CONNECT is a protocol violation [MQTT-3.1.0-2].
                 tracing::debug!(conn = conn_id.0, "second CONNECT, closing");
                 self.stats.protocol_errors_total += 1;
+                self.violations.push(conn_id);
                 self.close_conn(conn_id, true);
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
@@ -1047,6 +1182,7 @@ impl ShardCore {
                     "server-to-client packet from a client, closing"
                 );
                 self.stats.protocol_errors_total += 1;
+                self.violations.push(conn_id);
                 self.close_conn(conn_id, true);
             }
         }
@@ -1067,11 +1203,25 @@ impl ShardCore {
             self.close_conn(conn_id, true);
             return;
         }
+        if !self.may_publish(conn_id, &publish.topic) {
+            // Not allowed (ACL) or too deep: dropped, and still acknowledged, since
+            // MQTT 3.1.1 has no way to refuse a PUBLISH.
+            tracing::debug!(conn = conn_id.0, topic = %publish.topic, "publish denied");
+            self.stats.publish_denied_total += 1;
+            let ack = match publish.qos {
+                PublishQos::AtMostOnce => return,
+                PublishQos::AtLeastOnce(packet_id) => Packet::PubAck(packet_id),
+                PublishQos::ExactlyOnce(packet_id) => Packet::PubRec(packet_id),
+            };
+            self.send_ack(conn_id, None, Deferred::Packet(ack));
+            return;
+        }
         let message = Message {
             topic: publish.topic,
             payload: publish.payload,
             qos,
             retain: publish.retain,
+            received_at: self.input_at,
         };
         match publish.qos {
             PublishQos::AtMostOnce => {
@@ -1185,14 +1335,44 @@ impl ShardCore {
         }
     }
 
-    fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, subscribe: Subscribe) {
+    /// Whether the client on `conn_id` may publish to `topic` (its policy and the topic
+    /// depth limit).
+    fn may_publish(&self, conn_id: ConnId, topic: &TopicName) -> bool {
+        let max = self.limits.topic_levels_max;
+        if max > 0 && topic.levels().count() > max {
+            return false;
+        }
+        self.conns
+            .get(&conn_id)
+            .and_then(|c| c.policy.as_ref())
+            .is_none_or(|policy| policy.may_publish(topic.as_str()))
+    }
+
+    fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, mut subscribe: Subscribe) {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut announce = Vec::new();
         // Earlier announcements of these filters that not every peer has applied yet:
         // this SUBACK waits for them too.
         let mut pending = Vec::new();
-        for SubscribeFilter { filter, qos } in &subscribe.filters {
-            // Every valid filter is granted at the QoS asked for; ACLs plug in here (0x80).
+        let levels_max = self.limits.topic_levels_max;
+        let subscriptions_max = self.limits.subscriptions_per_client_max;
+        let mut refused = Vec::new();
+        for (i, SubscribeFilter { filter, qos }) in subscribe.filters.iter().enumerate() {
+            let policy = self.conns.get(&conn_id).and_then(|c| c.policy.as_ref());
+            let session = &self.sessions[key];
+            let allowed = policy.is_none_or(|p| p.may_subscribe(filter.as_str()))
+                && (levels_max == 0 || filter.levels().count() <= levels_max)
+                && (subscriptions_max == 0
+                    || session.subscriptions.len() < subscriptions_max
+                    || session.subscriptions.contains_key(filter));
+            if !allowed {
+                tracing::debug!(conn = conn_id.0, %filter, "subscription refused");
+                self.stats.subscribe_denied_total += 1;
+                codes.push(SubscribeReturnCode::Failure);
+                refused.push(i);
+                continue;
+            }
+            // Granted at the QoS asked for.
             let granted = *qos;
             let previous = self.subscriptions.insert(filter, key, granted);
             let session = &mut self.sessions[key];
@@ -1237,6 +1417,9 @@ impl ShardCore {
         });
         self.send_ack(conn_id, barrier, Deferred::Packet(packet));
         // Retained messages follow the SUBACK, for new and replaced subscriptions alike.
+        for i in refused.into_iter().rev() {
+            subscribe.filters.remove(i);
+        }
         self.send_ack(conn_id, None, Deferred::Retained(subscribe.filters));
     }
 
@@ -1318,7 +1501,11 @@ impl ShardCore {
                 }
             }
             encode_publish(&mut conn.out, &message, Some(packet_id), false);
+            if let Some(at) = message.received_at {
+                conn.delivery_times.push((conn.out.len(), at));
+            }
             self.stats.publish_sent_total[message.qos as usize] += 1;
+            self.stats.publish_sent_bytes_total += message.payload.len() as u64;
             let state = if message.qos == QoS::ExactlyOnce {
                 OutboundState::AwaitingPubRec
             } else {
@@ -1366,6 +1553,7 @@ impl ShardCore {
                     payload: will.payload,
                     qos: will.qos,
                     retain: will.retain,
+                    received_at: None,
                 },
                 false,
                 None,
@@ -1513,8 +1701,11 @@ impl ShardCore {
         }
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         let value = (!message.payload.is_empty()).then(|| message.clone());
-        // Every shard holds every retained message; the topic's owner shard logs it.
-        if owner_of(message.topic.as_str(), self.shard_count) == self.id {
+        // Every shard holds every retained message; the topic's owner shard logs it
+        // (not the broker's own `$SYS/` topics, published again every interval).
+        if owner_of(message.topic.as_str(), self.shard_count) == self.id
+            && !message.topic.as_str().starts_with("$SYS/")
+        {
             log_record(&mut self.log, || match &value {
                 Some(message) => Record::RetainSet {
                     topic: message.topic.to_string(),
@@ -1557,11 +1748,14 @@ impl ShardCore {
         let conn = session
             .conn
             .and_then(|id| self.conns.get_mut(&id).map(|c| (id, c)));
+        // Latency is measured for live traffic to online subscribers only.
+        let received_at = message.received_at.filter(|_| !retain && conn.is_some());
         let outgoing = || Message {
             topic: message.topic.clone(),
             payload: message.payload.clone(),
             qos,
             retain,
+            received_at,
         };
         if qos == QoS::AtMostOnce {
             match conn {
@@ -1571,7 +1765,11 @@ impl ShardCore {
                         return;
                     }
                     encode_publish(&mut conn.out, &outgoing(), None, false);
+                    if let Some(at) = received_at {
+                        conn.delivery_times.push((conn.out.len(), at));
+                    }
                     self.stats.publish_sent_total[0] += 1;
+                    self.stats.publish_sent_bytes_total += message.payload.len() as u64;
                     self.wake(conn_id);
                 }
                 None => self.count_drop(DropReason::Offline),

@@ -18,13 +18,16 @@
 
 use crate::core::{Durability, ShardCore};
 use crate::message::owner_of;
+use crate::stats::ShardSnapshot;
 use cutie_persistence::{
     shard_dir, DurableState, FsStorage, Record, RecoveryReport, Wal, WalOptions,
 };
+use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How the shards log.
@@ -54,6 +57,8 @@ pub struct RecoveredLog {
     pub state: DurableState,
     /// What recovery found.
     pub report: RecoveryReport,
+    /// How long opening and replaying the log took.
+    pub took: Duration,
 }
 
 /// Why the logs could not be recovered.
@@ -163,7 +168,12 @@ pub fn recover(config: &LogConfig, shards: u16) -> Result<Vec<RecoveredLog>, Rec
                         took_ms = started.elapsed().as_millis() as u64,
                         "log recovered"
                     );
-                    Ok(RecoveredLog { wal, state, report })
+                    Ok(RecoveredLog {
+                        wal,
+                        state,
+                        report,
+                        took: started.elapsed(),
+                    })
                 })
             })
             .collect();
@@ -261,7 +271,9 @@ fn rehome(logs: &mut [RecoveredLog], shards: u16) -> Result<(), cutie_persistenc
     Ok(())
 }
 
-/// Health of one shard, shared with the admin side (atomics only).
+/// Health of one shard, shared with the admin side: atomics, and a snapshot the shard
+/// replaces every tick (the shard only `try_lock`s it, never waits: see
+/// [`crate::stats::ShardSnapshot`]).
 #[derive(Debug, Default)]
 pub struct ShardHealth {
     /// The shard serves clients (recovered, peers recovered, accepting).
@@ -270,6 +282,22 @@ pub struct ShardHealth {
     pub log_failed: AtomicBool,
     /// The shard's executor has ended (shutdown, or a failure before it served).
     pub exited: AtomicBool,
+    /// [`crate::stats::monotonic_ms`] at the shard's latest tick (0: none yet). A shard
+    /// whose tick is late is stuck (liveness).
+    pub last_tick_ms: AtomicU64,
+    /// The shard's counters, gauges and latency samples as of its latest tick.
+    pub snapshot: Mutex<ShardSnapshot>,
+}
+
+impl ShardHealth {
+    /// Milliseconds since the shard's latest tick at `now_ms` (a
+    /// [`crate::stats::monotonic_ms`] reading); `None` before its first tick.
+    pub fn tick_age_ms(&self, now_ms: u64) -> Option<u64> {
+        match self.last_tick_ms.load(Ordering::Relaxed) {
+            0 => None,
+            tick => Some(now_ms.saturating_sub(tick)),
+        }
+    }
 }
 
 /// Sets [`ShardHealth::exited`] when dropped: held by a shard's main future.
@@ -308,6 +336,8 @@ pub(crate) struct LogTask {
     pub(crate) health: Arc<ShardHealth>,
     pub(crate) wal: Wal<FsStorage>,
     pub(crate) state: DurableState,
+    /// Where each synced batch's commit time (µs) is recorded.
+    pub(crate) commit_latency_us: Rc<RefCell<Histogram<u64>>>,
 }
 
 /// Runs one shard's log until `stop` is set and nothing is left to write. `after_round`
@@ -325,6 +355,7 @@ pub(crate) async fn run_log(
         health,
         wal,
         mut state,
+        commit_latency_us,
     } = task;
     const REOPEN_EVERY: Duration = Duration::from_secs(5);
     let mut records: Vec<Record> = Vec::new();
@@ -407,6 +438,9 @@ pub(crate) async fn run_log(
                         core.stats.wal_commit_us_last = done.commit_us;
                         core.stats.wal_commit_us_max =
                             core.stats.wal_commit_us_max.max(done.commit_us);
+                        commit_latency_us
+                            .borrow_mut()
+                            .saturating_record(done.commit_us);
                         last_sync = Instant::now();
                         unsynced = false;
                     }

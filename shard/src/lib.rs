@@ -10,21 +10,29 @@
 //!   QoS 2 ids.
 //! - [`trie`]: the topic-filter trie used for subscriptions and for other shards' interest.
 //! - [`message`]: what shards say to each other, and the ids that cross shard boundaries.
-//! - [`stats`]: per-shard counters.
+//! - [`stats`]: per-shard counters, latency histograms, and the snapshot each shard
+//!   publishes every tick for the admin side (metrics, health, the admin API).
+//! - [`access`]: the authentication/authorization interface the broker plugs into, and
+//!   the ban table of client addresses that keep failing.
 //! - [`durable`]: recovering the shards' write-ahead logs at start (re-homing state after
 //!   a change of `shards`), and each shard's log task (group commit off the shard thread,
 //!   compaction, failure and reopening).
 //! - [`runtime`]: the glommio shell: executors, listeners, connection tasks, the mesh.
+//! - [`tls`]: the TLS listener's configuration (certificate, key, client CA), its reload
+//!   on SIGHUP, and the client certificate's user name.
 
+pub mod access;
 pub mod core;
 pub mod durable;
 pub mod message;
 pub mod runtime;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod trie;
 
 pub use crate::core::{Durability, Limits, OutputState, ShardCore};
 pub use durable::{LogConfig, ShardHealth};
 pub use message::{owner_of, ConnId, MeshMessage, Message, ShardId};
-pub use runtime::{start, Broker, Control, RuntimeConfig, StartError};
+pub use runtime::{start, Broker, Control, Monitor, RuntimeConfig, StartError};
+pub use stats::{ShardSnapshot, ShardStats};

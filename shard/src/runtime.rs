@@ -11,10 +11,18 @@
 //! held across an await. The mesh is glommio's SPSC `shared_channel`, bounded; a reader
 //! whose messages do not fit waits (backpressure to the publisher), mesh handlers never
 //! wait (an answer that does not fit is sent from a spawned task).
+//!
+//! TLS ([`tls_proxy`]): the shard that accepts a TLS connection does the handshake and
+//! proxies the plaintext through a UNIX socketpair; the other end of the pair takes the
+//! plain path above (CONNECT, then served here or its fd handed to the owner).
 
+mod tls_proxy;
+
+use crate::access::{AccessControl, Admitted, AuthOutcome, Identity, Refusal};
 use crate::core::{Limits, OutputState, ShardCore};
 use crate::durable::{LogConfig, RecoveredLog, ShardHealth};
-use crate::message::{owner_of, ConnId, MeshMessage, ShardId};
+use crate::message::{owner_of, ConnId, MeshMessage, Message, ShardId};
+use crate::stats::{latency_histogram, ClientInfo, Page, SubscriptionInfo};
 use ahash::AHashMap;
 use bytes::BytesMut;
 use cutie_codec::{ConnAck, Connect, DecodeError, Decoder, Packet};
@@ -25,6 +33,7 @@ use glommio::channels::shared_channel::{
 };
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -56,6 +65,10 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     /// Write-ahead logging; `None`: nothing survives a restart.
     pub log: Option<LogConfig>,
+    /// Authentication, authorization and bans, shared by every shard.
+    pub access: Arc<AccessControl>,
+    /// The TLS listener; `None`: plain TCP only.
+    pub tls: Option<crate::tls::TlsListener>,
 }
 
 /// Errors starting the broker.
@@ -93,12 +106,41 @@ pub enum StartError {
     },
 }
 
-/// Control messages from outside the shards (signals, admin). Polled with `try_recv`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Control messages from outside the shards (signals, admin). A shard polls them with
+/// `try_recv` at every tick (100 ms) and answers over the channel it was given, with
+/// `try_send`: it never waits for the asker.
+#[derive(Debug, Clone)]
 pub enum Control {
     /// Stop accepting, close every connection, exit the executor.
     Shutdown,
+    /// Answer with `limit` of this shard's sessions from `offset` (see
+    /// [`crate::stats::client_page`]).
+    Clients {
+        /// Sessions to skip.
+        offset: usize,
+        /// Most sessions to answer (at most [`crate::stats::PAGE_LIMIT_MAX`]).
+        limit: usize,
+        /// Where the page goes.
+        reply: crossbeam_channel::Sender<Page<ClientInfo>>,
+    },
+    /// Answer with `limit` of this shard's subscriptions from `offset` (see
+    /// [`crate::stats::subscription_page`]).
+    Subscriptions {
+        /// Subscriptions to skip.
+        offset: usize,
+        /// Most subscriptions to answer (at most [`crate::stats::PAGE_LIMIT_MAX`]).
+        limit: usize,
+        /// Where the page goes.
+        reply: crossbeam_channel::Sender<Page<SubscriptionInfo>>,
+    },
+    /// Publish these messages on behalf of the broker (`$SYS` topics), in order, through
+    /// [`ShardCore::publish_internal`].
+    Publish(Vec<Message>),
 }
+
+/// Control messages a shard may have waiting; more are refused (`try_send` fails)
+/// until its next tick takes them.
+const CONTROL_CAPACITY: usize = 64;
 
 /// What travels between shards: protocol messages for the core, or a connection being
 /// handed to its owner shard.
@@ -120,12 +162,38 @@ struct HandOff {
     connect: Box<Connect>,
     /// Bytes read after the CONNECT.
     rest: BytesMut,
+    /// The connection's place in the ban table, released where it ends.
+    admitted: Option<Admitted>,
+}
+
+/// What the admin side holds of a running broker: every shard's health and control
+/// channel. Cheap to clone; usable from any thread; never blocks a shard.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    controls: Vec<crossbeam_channel::Sender<Control>>,
+    health: Vec<Arc<ShardHealth>>,
+}
+
+impl Monitor {
+    /// Per-shard health and snapshots, by shard index.
+    pub fn shards(&self) -> &[Arc<ShardHealth>] {
+        &self.health
+    }
+
+    /// Queues `control` for shard `shard`'s next tick; `false` if it cannot take more
+    /// now (or has exited, or does not exist).
+    pub fn send(&self, shard: usize, control: Control) -> bool {
+        self.controls
+            .get(shard)
+            .is_some_and(|tx| tx.try_send(control).is_ok())
+    }
 }
 
 /// A running broker: its shards, and how to stop them.
 #[derive(Debug)]
 pub struct Broker {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     controls: Vec<crossbeam_channel::Sender<Control>>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     health: Vec<Arc<ShardHealth>>,
@@ -142,9 +210,22 @@ impl Broker {
         &self.health
     }
 
+    /// A handle for the admin side (metrics, API, `$SYS`), usable from other threads.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            controls: self.controls.clone(),
+            health: self.health.clone(),
+        }
+    }
+
     /// The address the MQTT listener is bound to (the real port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the TLS listener is bound to, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// Asks every shard to shut down (returns at once; see [`Broker::join`]).
@@ -265,6 +346,8 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         listeners.push(OwnedFd::from(socket));
     }
 
+    let (mut tls_listeners, tls_local_addr) = tls_proxy::bind_listeners(&config)?;
+
     // The mesh: one bounded SPSC channel for every ordered pair of shards.
     let mut senders: Vec<Vec<Option<SharedSender<Envelope>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
@@ -301,10 +384,11 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
         .enumerate()
     {
         let log = logs[i].take();
+        let tls_listener_fd = tls_listeners[i].take();
         let shard_health = health[i].clone();
         let exit = crate::durable::ExitGuard(shard_health.clone());
         let shard = ShardId(i as u16);
-        let (control_tx, control_rx) = crossbeam_channel::bounded(4);
+        let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
         controls.push(control_tx);
         let placement = match (config.pin_cores, cpus.is_empty()) {
             (true, false) => Placement::Fixed(cpus[i % cpus.len()]),
@@ -325,6 +409,7 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
                         id: shard,
                         config,
                         listener_fd: listener,
+                        tls_listener_fd,
                         senders: my_senders,
                         receivers: my_receivers,
                         control: control_rx,
@@ -342,6 +427,7 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
     }
     let broker = Broker {
         local_addr,
+        tls_local_addr,
         controls,
         handles,
         health,
@@ -475,11 +561,49 @@ struct Shard {
     peers_recovered: Cell<usize>,
     /// Woken at each `Envelope::Recovered`.
     peer_recovered: Notify,
+    /// Delivery latencies (µs) since the last tick's snapshot: see
+    /// [`ShardCore::take_output_timed`].
+    delivery_latency_us: RefCell<Histogram<u64>>,
+    /// Write-ahead log commit latencies (µs) since the last tick's snapshot, recorded by
+    /// the log task.
+    wal_commit_latency_us: Rc<RefCell<Histogram<u64>>>,
 }
 
 impl Shard {
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Stamps the tick and, unless the admin side holds the snapshot right now (then the
+    /// next tick does it), replaces the snapshot's counters and hands over the latency
+    /// samples recorded since the last one. Never waits.
+    fn publish_snapshot(&self, health: &ShardHealth, retained: u64) {
+        health
+            .last_tick_ms
+            .store(crate::stats::monotonic_ms().max(1), Ordering::Relaxed);
+        let Ok(mut snapshot) = health.snapshot.try_lock() else {
+            return;
+        };
+        let core = self.core.borrow();
+        snapshot.stats.clone_from(&core.stats);
+        snapshot.subscriptions = core.subscription_count() as u64;
+        snapshot.retained = retained;
+        snapshot.taken_ms = crate::stats::monotonic_ms();
+        let snapshot = &mut *snapshot;
+        for (local, shared) in [
+            (&self.delivery_latency_us, &mut snapshot.delivery_latency_us),
+            (
+                &*self.wal_commit_latency_us,
+                &mut snapshot.wal_commit_latency_us,
+            ),
+        ] {
+            let mut local = local.borrow_mut();
+            if !local.is_empty() {
+                // Same bounds on both sides: adding cannot fail.
+                let _ = shared.add(&*local);
+                local.reset();
+            }
+        }
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -585,6 +709,8 @@ struct ShardSetup {
     id: ShardId,
     config: RuntimeConfig,
     listener_fd: OwnedFd,
+    /// The TLS listener's socket, when `config.tls` is set.
+    tls_listener_fd: Option<OwnedFd>,
     senders: Vec<Option<SharedSender<Envelope>>>,
     receivers: Vec<Option<SharedReceiver<Envelope>>>,
     control: crossbeam_channel::Receiver<Control>,
@@ -597,6 +723,7 @@ async fn run_shard(setup: ShardSetup) {
         id,
         config,
         listener_fd,
+        tls_listener_fd,
         senders,
         receivers,
         control,
@@ -650,9 +777,13 @@ async fn run_shard(setup: ShardSetup) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     core.set_incarnation(incarnation);
+    let (authorizer_generation, authorizer) = config.access.authorizer();
+    core.set_authorizer(authorizer);
+    let authorizer_generation = Cell::new(authorizer_generation);
     if let (Some(log_config), Some(log)) = (&config.log, &log) {
         core = core.with_durability(log_config.durability);
         core.restore(&log.state);
+        core.stats.wal_recovery_ms = log.took.as_millis() as u64;
     }
     let shard = Rc::new(Shard {
         id,
@@ -669,6 +800,8 @@ async fn run_shard(setup: ShardSetup) {
         log_stop: Cell::new(false),
         peers_recovered: Cell::new(0),
         peer_recovered: Notify::default(),
+        delivery_latency_us: RefCell::new(latency_histogram()),
+        wal_commit_latency_us: Rc::new(RefCell::new(latency_histogram())),
         config,
     });
 
@@ -684,6 +817,7 @@ async fn run_shard(setup: ShardSetup) {
                     health,
                     wal,
                     state,
+                    commit_latency_us: shard.wal_commit_latency_us.clone(),
                 };
                 crate::durable::run_log(
                     &shard.core,
@@ -725,7 +859,13 @@ async fn run_shard(setup: ShardSetup) {
                         let stream =
                             Box::new(unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) });
                         let shard = shard.clone();
-                        let task = run_connection(shard, stream, handoff.connect, handoff.rest);
+                        let task = run_connection(
+                            shard,
+                            stream,
+                            handoff.connect,
+                            handoff.rest,
+                            handoff.admitted,
+                        );
                         glommio::spawn_local(task).detach();
                     }
                 }
@@ -743,6 +883,9 @@ async fn run_shard(setup: ShardSetup) {
     while shard.peers_recovered.get() + 1 < n {
         shard.peer_recovered.wait().await;
     }
+    health
+        .last_tick_ms
+        .store(crate::stats::monotonic_ms().max(1), Ordering::Relaxed);
     health.ready.store(true, Ordering::Relaxed);
 
     // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
@@ -777,14 +920,27 @@ async fn run_shard(setup: ShardSetup) {
                     drop(stream);
                     continue;
                 }
-                glommio::spawn_local(accept_connection(shard.clone(), stream)).detach();
+                let origin = Origin::default();
+                glommio::spawn_local(accept_connection(shard.clone(), stream, origin)).detach();
             }
         })
         .detach();
     }
+    let (tls_stop_tx, tls_stop_rx) = local_channel::new_bounded::<()>(1);
+    let tls_task = match (tls_listener_fd, shard.config.tls.clone()) {
+        (Some(fd), Some(tls)) => Some(glommio::spawn_local(tls_proxy::accept_loop(
+            shard.clone(),
+            fd,
+            tls.server,
+            tls_stop_rx,
+        ))),
+        _ => None,
+    };
 
-    // Tick: keep-alive, control messages.
-    loop {
+    // Tick: keep-alive, the snapshot for the admin side, control messages.
+    let mut ticks: u64 = 0;
+    let mut retained = 0;
+    'tick: loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         let now = shard.now_ms();
         {
@@ -792,10 +948,55 @@ async fn run_shard(setup: ShardSetup) {
             core.tick(now);
             // Wills published by expiries are not an input source that can be paced.
             let _ = core.take_pressure();
+            // A reloaded ACL (SIGHUP) applies to open connections too.
+            if shard.config.access.authorizer_generation() != authorizer_generation.get() {
+                let (generation, authorizer) = shard.config.access.authorizer();
+                authorizer_generation.set(generation);
+                core.set_authorizer(authorizer);
+            }
         }
         shard.flush().await;
-        if let Ok(Control::Shutdown) = control.try_recv() {
-            break;
+        // Counting retained messages walks the store: once a second is enough.
+        if ticks % 10 == 0 {
+            retained = shard.core.borrow().retained_count() as u64;
+        }
+        ticks += 1;
+        shard.publish_snapshot(&health, retained);
+        // Bounded by the channel's capacity: what arrives meanwhile waits a tick.
+        for _ in 0..CONTROL_CAPACITY {
+            let Ok(request) = control.try_recv() else {
+                break;
+            };
+            match request {
+                Control::Shutdown => break 'tick,
+                Control::Clients {
+                    offset,
+                    limit,
+                    reply,
+                } => {
+                    let page = crate::stats::client_page(&shard.core.borrow(), offset, limit);
+                    let _ = reply.try_send(page);
+                }
+                Control::Subscriptions {
+                    offset,
+                    limit,
+                    reply,
+                } => {
+                    let page = crate::stats::subscription_page(&shard.core.borrow(), offset, limit);
+                    let _ = reply.try_send(page);
+                }
+                Control::Publish(messages) => {
+                    let now = shard.now_ms();
+                    {
+                        let mut core = shard.core.borrow_mut();
+                        for message in messages {
+                            core.publish_internal(message, now);
+                        }
+                        let _ = core.take_pressure();
+                    }
+                    shard.flush().await;
+                }
+            }
         }
     }
 
@@ -829,12 +1030,17 @@ async fn run_shard(setup: ShardSetup) {
     }
     shard.stopping.set(true);
     let _ = stop_tx.try_send(());
+    let _ = tls_stop_tx.try_send(());
     let now = shard.now_ms();
     shard.core.borrow_mut().close_all(now);
     shard.flush().await;
     let deadline = Instant::now() + Duration::from_secs(2);
     while shard.open_connections.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    // TLS connections pass the close on to their clients (close_notify).
+    if let Some(task) = tls_task {
+        task.await;
     }
     health.ready.store(false, Ordering::Relaxed);
     // The log writes (and syncs) what is left, then ends.
@@ -845,17 +1051,44 @@ async fn run_shard(setup: ShardSetup) {
     }
 }
 
+/// What is known of a new connection beyond its socket. Over TLS the socket is one end
+/// of a socketpair (see [`tls_proxy`]): the client's address and what its certificate
+/// says come from here.
+#[derive(Debug, Default)]
+struct Origin {
+    /// The client's address; `None`: ask the socket (plain TCP).
+    peer: Option<SocketAddr>,
+    /// With `tls.use_identity_as_username`: who the client certificate names. `Name`
+    /// replaces the CONNECT's user name and clears its password, and the client counts
+    /// as authenticated (as in Mosquitto); `Missing` is refused with CONNACK 4.
+    certificate_user: Option<crate::tls::CertificateUser>,
+}
+
 /// Reads CONNECT (within the connect timeout), then serves the connection here or hands
 /// it to the shard that owns its client id.
-async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream, origin: Origin) {
     let _ = stream.set_nodelay(true);
-    tracing::trace!(shard = %shard.id, peer = ?stream.peer_addr().ok(), "accepted");
+    let peer = origin.peer.or_else(|| stream.peer_addr().ok());
+    tracing::trace!(shard = %shard.id, ?peer, "accepted");
+    let Some(admitted) = admit(&shard, peer) else {
+        return;
+    };
     let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.config.limits.packet_size_max);
     let timeout = shard.config.connect_timeout;
+    let read_bytes = Cell::new(0u64);
     let first = futures_lite::future::or(
         async {
-            Some(read_first_packet(&shard.scratch, &mut stream, &mut buf, &mut decoder).await)
+            Some(
+                read_first_packet(
+                    &shard.scratch,
+                    &mut stream,
+                    &mut buf,
+                    &mut decoder,
+                    &read_bytes,
+                )
+                .await,
+            )
         },
         async {
             glommio::timer::sleep(timeout).await;
@@ -863,7 +1096,8 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         },
     )
     .await;
-    let connect = match first {
+    shard.core.borrow_mut().stats.network_received_bytes_total += read_bytes.get();
+    let mut connect = match first {
         None => {
             tracing::debug!(shard = %shard.id, "no CONNECT within the connect timeout");
             return;
@@ -873,11 +1107,23 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             // The first packet must be CONNECT [MQTT-3.1.0-1].
             tracing::debug!(shard = %shard.id, packet = ?other.packet_type(), "first packet is not CONNECT");
             shard.core.borrow_mut().stats.protocol_errors_total += 1;
+            if let Some(admitted) = &admitted {
+                admitted.record_failure();
+            }
             return;
         }
         Some(Err(FirstPacketError::Decode(error))) => {
             tracing::debug!(shard = %shard.id, %error, "malformed CONNECT");
-            shard.core.borrow_mut().stats.protocol_errors_total += 1;
+            if let Some(admitted) = &admitted {
+                admitted.record_failure();
+            }
+            {
+                let stats = &mut shard.core.borrow_mut().stats;
+                stats.protocol_errors_total += 1;
+                if matches!(error, DecodeError::PacketTooLarge { .. }) {
+                    stats.packets_too_large_total += 1;
+                }
+            }
             if let Some(code) = error.connack_return_code() {
                 let mut out = BytesMut::new();
                 Packet::ConnAck(ConnAck {
@@ -894,6 +1140,20 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     };
 
     tracing::trace!(shard = %shard.id, client_id = %connect.client_id, "CONNECT read");
+    let Some(by_certificate) = tls_proxy::apply_certificate_user(
+        &shard,
+        &mut stream,
+        &mut connect,
+        origin.certificate_user,
+        admitted.as_ref(),
+    )
+    .await
+    else {
+        return;
+    };
+    if !by_certificate && !authenticate(&shard, &mut stream, &connect, admitted.as_ref()).await {
+        return;
+    }
     let owner = if connect.client_id.is_empty() {
         shard.id
     } else {
@@ -901,7 +1161,14 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     };
     if owner == shard.id {
         // Its own task, so the memory of this one (the CONNECT decoding) is given back.
-        glommio::spawn_local(run_connection(shard, Box::new(stream), connect, buf)).detach();
+        glommio::spawn_local(run_connection(
+            shard,
+            Box::new(stream),
+            connect,
+            buf,
+            admitted,
+        ))
+        .detach();
         return;
     }
     // Hand the socket to its owner: duplicate the fd (glommio's stream closes its own),
@@ -921,6 +1188,7 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 fd,
                 connect,
                 rest: buf,
+                admitted,
             }))
             .await;
     }
@@ -936,6 +1204,7 @@ async fn read_first_packet(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
+    read_bytes: &Cell<u64>,
 ) -> Result<Packet, FirstPacketError> {
     loop {
         match decoder.decode(buf) {
@@ -943,10 +1212,102 @@ async fn read_first_packet(
             Ok(None) => {}
             Err(error) => return Err(FirstPacketError::Decode(error)),
         }
-        if read_some(scratch, stream, buf).await? == 0 {
+        let read = read_some(scratch, stream, buf).await?;
+        if read == 0 {
             return Err(FirstPacketError::Io);
         }
+        read_bytes.set(read_bytes.get() + read as u64);
     }
+}
+
+/// Counts a malformed packet or protocol violation the core just closed this
+/// connection for against its address (the core reports only the connection whose
+/// bytes it was handling).
+fn note_violations(core: &mut ShardCore, admitted: Option<&Admitted>) {
+    let mut violations = Vec::new();
+    core.drain_violations(&mut violations);
+    if let (false, Some(admitted)) = (violations.is_empty(), admitted) {
+        admitted.record_failure();
+    }
+}
+
+/// Takes a new connection into the ban table (per-address limit, bans). `None`: refused
+/// (the socket is dropped); `Some(None)`: admitted without an address (none known).
+fn admit(shard: &Shard, peer: Option<SocketAddr>) -> Option<Option<Admitted>> {
+    let Some(peer) = peer else {
+        return Some(None);
+    };
+    match Admitted::admit(&shard.config.access, peer.ip()) {
+        Ok(admitted) => Some(Some(admitted)),
+        Err(refusal) => {
+            let mut core = shard.core.borrow_mut();
+            match refusal {
+                Refusal::Banned => core.stats.connections_refused_banned_total += 1,
+                Refusal::TooManyConnections => {
+                    core.stats.connections_refused_address_limit_total += 1
+                }
+            }
+            tracing::debug!(shard = %shard.id, %peer, ?refusal, "connection refused");
+            None
+        }
+    }
+}
+
+/// Checks the CONNECT's credentials with the authenticator in force, on a blocking
+/// thread (password hashing takes milliseconds; a shard must not). On refusal answers
+/// CONNACK 4 or 5, counts the failure against the client's address and returns false.
+async fn authenticate(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    connect: &Connect,
+    admitted: Option<&Admitted>,
+) -> bool {
+    let Some(authenticator) = shard.config.access.authenticator() else {
+        return true;
+    };
+    let client_id = connect.client_id.to_string();
+    let username = connect.username.as_ref().map(|u| u.to_string());
+    let password = connect.password.clone();
+    let outcome = glommio::executor()
+        .spawn_blocking(move || {
+            authenticator.authenticate(
+                &Identity {
+                    client_id: &client_id,
+                    username: username.as_deref(),
+                },
+                password.as_deref(),
+            )
+        })
+        .await;
+    let code = match outcome {
+        AuthOutcome::Accept => return true,
+        AuthOutcome::BadCredentials => cutie_codec::ConnectReturnCode::BadUserNameOrPassword,
+        AuthOutcome::NotAuthorized => cutie_codec::ConnectReturnCode::NotAuthorized,
+    };
+    tracing::debug!(
+        shard = %shard.id,
+        client_id = %connect.client_id,
+        username = ?connect.username,
+        ?code,
+        "CONNECT refused"
+    );
+    {
+        let mut core = shard.core.borrow_mut();
+        core.stats.connections_refused_total += 1;
+        core.stats.auth_failures_total += 1;
+    }
+    if let Some(admitted) = admitted {
+        admitted.record_failure();
+    }
+    let mut out = BytesMut::new();
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        return_code: code,
+    })
+    .encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    false
 }
 
 /// Bytes one read may take from a socket (the size of the shard's scratch buffer).
@@ -990,6 +1351,7 @@ async fn run_connection(
     stream: Box<TcpStream>,
     connect: Box<Connect>,
     mut buf: BytesMut,
+    admitted: Option<Admitted>,
 ) {
     if shard.stopping.get() {
         return;
@@ -1010,7 +1372,10 @@ async fn run_connection(
         let _ = core.take_pressure();
     }
     if !buf.is_empty() {
-        shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
+        shard
+            .core
+            .borrow_mut()
+            .handle_bytes_at(conn_id, &mut buf, now, Instant::now());
     }
 
     // The writer: everything the core produced since the last wake-up, in one write.
@@ -1018,8 +1383,12 @@ async fn run_connection(
         let shard = shard.clone();
         let writer_loop = async move {
             let mut out = BytesMut::new();
+            let mut times: Vec<Instant> = Vec::new();
             loop {
-                let state = shard.core.borrow_mut().take_output(conn_id, &mut out);
+                let state = shard
+                    .core
+                    .borrow_mut()
+                    .take_output_timed(conn_id, &mut out, &mut times);
                 tracing::trace!(conn = conn_id.0, ?state, bytes = out.len(), "write");
                 if !out.is_empty() {
                     if writer.write_all(&out).await.is_err() {
@@ -1027,7 +1396,17 @@ async fn run_connection(
                         out.clear();
                         break;
                     }
+                    shard.core.borrow_mut().stats.network_sent_bytes_total += out.len() as u64;
                     out.clear();
+                    if !times.is_empty() {
+                        let written = Instant::now();
+                        let mut histogram = shard.delivery_latency_us.borrow_mut();
+                        for at in times.drain(..) {
+                            histogram.saturating_record(
+                                written.saturating_duration_since(at).as_micros() as u64,
+                            );
+                        }
+                    }
                 }
                 match state {
                     OutputState::Open => {
@@ -1054,9 +1433,15 @@ async fn run_connection(
         tracing::trace!(conn = conn_id.0, ok = ?read.as_ref().ok(), "read");
         match read {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
+            Ok(read) => {
                 let now = shard.now_ms();
-                shard.core.borrow_mut().handle_bytes(conn_id, &mut buf, now);
+                let read_at = Instant::now();
+                {
+                    let mut core = shard.core.borrow_mut();
+                    core.stats.network_received_bytes_total += read as u64;
+                    core.handle_bytes_at(conn_id, &mut buf, now, read_at);
+                    note_violations(&mut core, admitted.as_ref());
+                }
                 shard.flush().await;
                 shard.drained.wake_all();
                 shard.pace().await;

@@ -46,6 +46,7 @@ mod broker;
 mod clients;
 mod raw;
 
+mod access;
 mod connect;
 mod keep_alive;
 mod malformed;

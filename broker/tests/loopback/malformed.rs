@@ -5,6 +5,12 @@ use crate::broker::Broker;
 use crate::clients::{payload_string, Mqtt};
 use crate::raw::{self, Connect, RawClient};
 
+/// A broker that does not ban: these tests send many malformed packets from one
+/// address on purpose (banning has its own test in `access`).
+fn start(shards: u16) -> Broker {
+    Broker::start_with(shards, &[("CUTIE_LIMITS__BAN_THRESHOLD", "0")])
+}
+
 /// A subscriber and a publisher that must keep working while others misbehave.
 struct Bystanders {
     sub: Mqtt,
@@ -56,7 +62,7 @@ fn expect_rejected(broker: &Broker, client_id: &str, connect_first: bool, bytes:
 /// a PUBLISH to an empty topic [MQTT-4.7.3-1] or with QoS 3 [MQTT-3.3.1-4], a SUBSCRIBE
 /// with QoS 3 [MQTT-3.8.3-4] or without filters [MQTT-3.8.3-3].
 fn garbage_bytes_close_the_connection(shards: u16) {
-    let broker = Broker::start(shards);
+    let broker = start(shards);
     let mut bystanders = Bystanders::new(&broker);
     expect_rejected(&broker, "", false, b"GET / HTTP/1.1\r\nHost: cutie\r\n\r\n");
     bystanders.check();
@@ -90,7 +96,7 @@ fn garbage_bytes_close_the_connection(shards: u16) {
 /// [MQTT-3.1.0-1]: the first packet must be CONNECT; a SUBSCRIBE (or PINGREQ) first
 /// closes the connection without an answer.
 fn subscribe_before_connect_closes_the_connection(shards: u16) {
-    let broker = Broker::start(shards);
+    let broker = start(shards);
     let mut bystanders = Bystanders::new(&broker);
     expect_rejected(&broker, "", false, &raw::subscribe(1, &[("alive/#", 0)]));
     bystanders.check();
@@ -103,7 +109,7 @@ fn subscribe_before_connect_closes_the_connection(shards: u16) {
 /// connection and is not delivered. Checked with a marker from the same client id
 /// afterwards (same shard, so in order).
 fn publish_to_a_wildcard_topic_closes_the_connection(shards: u16) {
-    let broker = Broker::start(shards);
+    let broker = start(shards);
     let mut bystanders = Bystanders::new(&broker);
     for topic in ["alive/+", "alive/#", "alive/a+b"] {
         let publish = raw::publish(topic, b"wild", 1, 1, false, false);
