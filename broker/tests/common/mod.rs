@@ -40,14 +40,24 @@ impl Broker {
         Broker::start_env(data_dir, shards, &[])
     }
 
+    /// One shard, with extra command-line arguments.
+    pub fn start_args(data_dir: &Path, args: &[&str]) -> Broker {
+        Broker::launch(data_dir, 1, &[], args)
+    }
+
     /// [`Broker::start_with`], with extra `CUTIE_*` environment variables.
     pub fn start_env(data_dir: &Path, shards: u16, env: &[(&str, &str)]) -> Broker {
+        Broker::launch(data_dir, shards, env, &[])
+    }
+
+    fn launch(data_dir: &Path, shards: u16, env: &[(&str, &str)], args: &[&str]) -> Broker {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
         command
             .args(["--listen", "127.0.0.1:0", "--no-pin-cores"])
             .args(["--shards", &shards.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
