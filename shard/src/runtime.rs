@@ -12,6 +12,14 @@
 //! whose messages do not fit waits (backpressure to the publisher), mesh handlers never
 //! wait (an answer that does not fit is sent from a spawned task).
 //!
+//! Observability: the reader stamps each read (`Instant::now()`, passed to
+//! [`ShardCore::handle_bytes_at`]) and the writer, once a write returns, records the
+//! time since for every delivery in it into the shard's hdrhistogram. Every tick (100 ms)
+//! the shard stamps [`ShardHealth::last_tick_ms`], copies its counters into
+//! [`ShardHealth::snapshot`] (`try_lock` only: never waits) and answers the admin side's
+//! [`Control`] requests (client and subscription pages, `$SYS` publishes), at most
+//! `CONTROL_CAPACITY` a tick.
+//!
 //! TLS ([`tls_proxy`]): the shard that accepts a TLS connection does the handshake and
 //! proxies the plaintext through a UNIX socketpair; the other end of the pair takes the
 //! plain path above (CONNECT, then served here or its fd handed to the owner).
@@ -1220,13 +1228,14 @@ async fn read_first_packet(
     }
 }
 
-/// Counts a malformed packet or protocol violation the core just closed this
-/// connection for against its address (the core reports only the connection whose
-/// bytes it was handling).
-fn note_violations(core: &mut ShardCore, admitted: Option<&Admitted>) {
+/// Counts a malformed packet or protocol violation the core just closed `conn_id` for
+/// against its address. Called right after every `handle_bytes` of a connection, so
+/// what the core reports is that connection's.
+fn note_violations(core: &mut ShardCore, conn_id: ConnId, admitted: Option<&Admitted>) {
     let mut violations = Vec::new();
     core.drain_violations(&mut violations);
-    if let (false, Some(admitted)) = (violations.is_empty(), admitted) {
+    debug_assert!(violations.iter().all(|c| *c == conn_id));
+    if let (true, Some(admitted)) = (violations.contains(&conn_id), admitted) {
         admitted.record_failure();
     }
 }
@@ -1372,10 +1381,9 @@ async fn run_connection(
         let _ = core.take_pressure();
     }
     if !buf.is_empty() {
-        shard
-            .core
-            .borrow_mut()
-            .handle_bytes_at(conn_id, &mut buf, now, Instant::now());
+        let mut core = shard.core.borrow_mut();
+        core.handle_bytes_at(conn_id, &mut buf, now, Instant::now());
+        note_violations(&mut core, conn_id, admitted.as_ref());
     }
 
     // The writer: everything the core produced since the last wake-up, in one write.
@@ -1440,7 +1448,7 @@ async fn run_connection(
                     let mut core = shard.core.borrow_mut();
                     core.stats.network_received_bytes_total += read as u64;
                     core.handle_bytes_at(conn_id, &mut buf, now, read_at);
-                    note_violations(&mut core, admitted.as_ref());
+                    note_violations(&mut core, conn_id, admitted.as_ref());
                 }
                 shard.flush().await;
                 shard.drained.wake_all();

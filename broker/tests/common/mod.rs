@@ -107,6 +107,11 @@ impl Broker {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, and a clean exit.
     pub fn stop(mut self) {
         // SAFETY: kill(2) on our child.
