@@ -105,6 +105,40 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The TLS listener's certificate, key and client certificates.
     pub tls: TlsConfig,
+    /// Message plugins to load.
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]`: message plugins shipped with the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `[[plugins.aggregate]]` entries: rolling statistics of numeric payloads.
+    pub aggregate: Vec<AggregateConfig>,
+}
+
+/// One `[[plugins.aggregate]]`: for each topic matching `filter`, the count, minimum,
+/// maximum and average of numeric payloads, published every `interval_secs` as JSON to
+/// `topic_prefix` + topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The topic filter whose messages are aggregated.
+    pub filter: String,
+    /// Seconds per interval.
+    #[serde(default = "default_aggregate_interval_secs")]
+    pub interval_secs: u64,
+    /// Prefix of the derived topics.
+    #[serde(default = "default_aggregate_prefix")]
+    pub topic_prefix: String,
+}
+
+fn default_aggregate_interval_secs() -> u64 {
+    10
+}
+
+fn default_aggregate_prefix() -> String {
+    "$aggregate/".to_owned()
 }
 
 /// `[tls]`: the TLS listener (`listener.tls`). The files are read at start (a file that
@@ -274,6 +308,7 @@ impl Default for Config {
             persistence: PersistenceConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -475,6 +510,26 @@ impl Config {
             1,
             30 * 86_400,
         )?;
+        for aggregate in &self.plugins.aggregate {
+            if let Err(error) = cutie_codec::TopicFilter::new(aggregate.filter.as_str()) {
+                return Err(Violation {
+                    key: "plugins.aggregate.filter",
+                    reason: format!("{:?} is not a topic filter: {error}", aggregate.filter),
+                });
+            }
+            range(
+                "plugins.aggregate.interval_secs",
+                aggregate.interval_secs,
+                1,
+                86_400,
+            )?;
+            if aggregate.topic_prefix.is_empty() || aggregate.topic_prefix.contains(['+', '#']) {
+                return Err(Violation {
+                    key: "plugins.aggregate.topic_prefix",
+                    reason: "must be non-empty and contain no wildcard".to_owned(),
+                });
+            }
+        }
         range(
             "persistence.fsync_interval_ms",
             self.persistence.fsync_interval_ms,

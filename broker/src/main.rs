@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 mod config;
 mod passwd;
+mod plugins;
 mod tls;
 
 use clap::Parser;
@@ -193,6 +194,7 @@ fn run(
             ..Limits::default()
         },
         access: access.clone(),
+        plugins: plugins::factories(&config.plugins)?,
         tls: tls.clone(),
         log: Some(LogConfig {
             durability: match config.persistence.durability {

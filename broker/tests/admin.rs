@@ -567,7 +567,7 @@ fn readyz_is_503_while_the_log_is_recovered() {
             ],
         ));
         let line = "y".repeat(512);
-        let input: String = (0..20_000).map(|_| format!("{line}\n")).collect();
+        let input: String = (0..30_000).map(|_| format!("{line}\n")).collect();
         clients::mosquitto_pub_stdin(broker.mqtt, &["-t", "queued/x", "-q", "1", "-l"], &input);
         assert!(broker.terminate().success());
     }

@@ -1065,7 +1065,11 @@ fn measure(
 /// The record layer alone, in memory: for each batch of 64 messages, what the broker's
 /// side does for one publisher and one subscriber (decrypt the PUBLISHes, encrypt the
 /// deliveries), timed on the server side only. CPU time per message.
-fn measure_record_layer(server: Arc<rustls::ServerConfig>, ca: &Path, payload_bytes: usize) -> Duration {
+fn measure_record_layer(
+    server: Arc<rustls::ServerConfig>,
+    ca: &Path,
+    payload_bytes: usize,
+) -> Duration {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -1173,7 +1177,8 @@ fn measure_tls_proxy_cost() {
                 cpu.as_secs_f64() * 1e6
             );
         }
-        let record_layer = measure_record_layer(server_config.clone(), &ca.ca_file(), payload_bytes);
+        let record_layer =
+            measure_record_layer(server_config.clone(), &ca.ca_file(), payload_bytes);
         println!(
             "record-layer-only {payload_bytes} - - {:.2}",
             record_layer.as_secs_f64() * 1e6

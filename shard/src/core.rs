@@ -18,6 +18,9 @@ use crate::access::{Authorizer, ClientPolicy, Identity};
 use crate::message::{
     owner_of, ConnId, MeshMessage, Message, RetainedVersion, ShardId, ShardSet, Token,
 };
+use crate::plugin::{
+    MessagePlugin, PluginMessage, PublishVerdict, SubscribeVerdict, DERIVED_PER_CALL_MAX,
+};
 use crate::session::{DropReason, Inbound, Inflight, OutboundState, Queued, Session, SessionKey};
 use crate::stats::ShardStats;
 use crate::trie::Trie;
@@ -245,6 +248,11 @@ pub struct ShardCore {
     log: Option<Log>,
     /// Makes each connection's policy; `None`: everything is allowed.
     authorizer: Option<Arc<dyn Authorizer>>,
+    /// This shard's instances of the message plugins (see [`crate::plugin`]).
+    plugins: Vec<Box<dyn MessagePlugin>>,
+    /// The plugins' internal subscriptions on this (their home) shard: (filter,
+    /// plugin index).
+    plugin_subscriptions: Trie<usize, ()>,
     /// Connections closed for a malformed packet or a protocol violation, for the
     /// runtime's ban table (see [`ShardCore::drain_violations`]).
     violations: Vec<ConnId>,
@@ -287,6 +295,8 @@ impl ShardCore {
             pressure: None,
             log: None,
             authorizer: None,
+            plugins: Vec::new(),
+            plugin_subscriptions: Trie::new(),
             violations: Vec::new(),
             forwarded: ahash::AHashSet::new(),
             next_forward_id: (u128::from(id.0) << 48) | 1,
@@ -331,6 +341,49 @@ impl ShardCore {
                 conn.policy = policy;
             }
         }
+    }
+
+    /// Adds a message plugin instance. On its `home` shard its internal subscriptions
+    /// are made (and announced to the other shards, like a client's). Call before any
+    /// client connects.
+    pub fn add_plugin(&mut self, plugin: Box<dyn MessagePlugin>, home: bool) {
+        let index = self.plugins.len();
+        if home {
+            for filter in plugin.subscriptions() {
+                self.plugin_subscriptions.insert(&filter, index, ());
+                if self.add_local_filter(&filter) {
+                    self.broadcast(|| MeshMessage::Interest {
+                        filter: filter.clone(),
+                        add: true,
+                        ack: None,
+                    });
+                }
+            }
+        }
+        tracing::info!(shard = %self.id, plugin = plugin.name(), home, "plugin loaded");
+        self.plugins.push(plugin);
+    }
+
+    /// Publishes what plugins derived (bounded per call).
+    fn publish_derived(&mut self, derived: Vec<PluginMessage>) {
+        let count = derived.len();
+        for message in derived.into_iter().take(DERIVED_PER_CALL_MAX) {
+            self.route(
+                Message {
+                    topic: message.topic,
+                    payload: message.payload,
+                    qos: message.qos,
+                    retain: message.retain,
+                    received_at: None,
+                },
+                false,
+                None,
+                true,
+            );
+        }
+        self.stats.plugin_derived_total += count.min(DERIVED_PER_CALL_MAX) as u64;
+        self.stats.plugin_derived_dropped_total +=
+            count.saturating_sub(DERIVED_PER_CALL_MAX) as u64;
     }
 
     /// Connections closed for a malformed packet or protocol violation since the last
@@ -788,6 +841,15 @@ impl ShardCore {
         self.conns.insert(conn_id, conn);
         self.stats.connections_total += 1;
         self.stats.connections_current += 1;
+        if !self.plugins.is_empty() {
+            let client = Identity {
+                client_id: &client_id,
+                username: connect.username.as_deref(),
+            };
+            for plugin in &mut self.plugins {
+                plugin.on_connect(&client);
+            }
+        }
         self.resume_session(key);
         self.wake(conn_id);
         true
@@ -858,6 +920,15 @@ impl ShardCore {
     /// Periodic work: keep-alive expiry [MQTT-3.1.2-24].
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        if !self.plugins.is_empty() {
+            let mut derived = Vec::new();
+            for plugin in &mut self.plugins {
+                plugin.on_tick(now_ms, &mut derived);
+            }
+            if !derived.is_empty() {
+                self.publish_derived(derived);
+            }
+        }
         let mut expired: Vec<ConnId> = self
             .conns
             .iter()
@@ -1216,6 +1287,47 @@ impl ShardCore {
             self.send_ack(conn_id, None, Deferred::Packet(ack));
             return;
         }
+        // Plugins see each message once: not a QoS 2 PUBLISH re-sent while its packet id
+        // still waits for PUBREL.
+        let mut publish = publish;
+        let mut derived = Vec::new();
+        let fresh = !matches!(publish.qos, PublishQos::ExactlyOnce(id)
+            if self.sessions[key].inbound_qos2.contains_key(&id));
+        if fresh && !self.plugins.is_empty() {
+            let mut message = PluginMessage {
+                topic: publish.topic.clone(),
+                payload: publish.payload.clone(),
+                qos,
+                retain: publish.retain,
+            };
+            let session = &self.sessions[key];
+            let username = self.conns.get(&conn_id).and_then(|c| c.username.clone());
+            let client = Identity {
+                client_id: &session.client_id,
+                username: username.as_deref(),
+            };
+            let mut verdict = PublishVerdict::Pass;
+            for plugin in &mut self.plugins {
+                if plugin.on_publish(&client, &mut message, &mut derived) == PublishVerdict::Drop {
+                    verdict = PublishVerdict::Drop;
+                    break;
+                }
+            }
+            if verdict == PublishVerdict::Drop {
+                self.stats.plugin_dropped_total += 1;
+                self.publish_derived(derived);
+                let ack = match publish.qos {
+                    PublishQos::AtMostOnce => return,
+                    PublishQos::AtLeastOnce(packet_id) => Packet::PubAck(packet_id),
+                    PublishQos::ExactlyOnce(packet_id) => Packet::PubRec(packet_id),
+                };
+                self.send_ack(conn_id, None, Deferred::Packet(ack));
+                return;
+            }
+            publish.topic = message.topic;
+            publish.payload = message.payload;
+            publish.retain = message.retain;
+        }
         let message = Message {
             topic: publish.topic,
             payload: publish.payload,
@@ -1290,6 +1402,9 @@ impl ShardCore {
                 self.send_ack(conn_id, token, Deferred::Packet(Packet::PubRec(packet_id)));
             }
         }
+        if !derived.is_empty() {
+            self.publish_derived(derived);
+        }
     }
 
     fn handle_pubrec(&mut self, conn_id: ConnId, key: SessionKey, packet_id: PacketId) {
@@ -1357,6 +1472,28 @@ impl ShardCore {
         let levels_max = self.limits.topic_levels_max;
         let subscriptions_max = self.limits.subscriptions_per_client_max;
         let mut refused = Vec::new();
+        // Plugins first: they may reject a filter or rewrite it.
+        let mut plugin_rejected = Vec::new();
+        if !self.plugins.is_empty() {
+            let username = self.conns.get(&conn_id).and_then(|c| c.username.clone());
+            let client_id = self.sessions[key].client_id.clone();
+            let client = Identity {
+                client_id: &client_id,
+                username: username.as_deref(),
+            };
+            for (i, requested) in subscribe.filters.iter_mut().enumerate() {
+                for plugin in &mut self.plugins {
+                    match plugin.on_subscribe(&client, &requested.filter) {
+                        SubscribeVerdict::Accept => {}
+                        SubscribeVerdict::Rewrite(filter) => requested.filter = filter,
+                        SubscribeVerdict::Reject => {
+                            plugin_rejected.push(i);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         for (i, SubscribeFilter { filter, qos }) in subscribe.filters.iter().enumerate() {
             let policy = self.conns.get(&conn_id).and_then(|c| c.policy.as_ref());
             let session = &self.sessions[key];
@@ -1365,6 +1502,7 @@ impl ShardCore {
                 && (subscriptions_max == 0
                     || session.subscriptions.len() < subscriptions_max
                     || session.subscriptions.contains_key(filter));
+            let allowed = allowed && !plugin_rejected.contains(&i);
             if !allowed {
                 tracing::debug!(conn = conn_id.0, %filter, "subscription refused");
                 self.stats.subscribe_denied_total += 1;
@@ -1539,6 +1677,9 @@ impl ShardCore {
         self.wake(conn_id);
         let Some(key) = session_key else { return };
         self.stats.connections_current = self.stats.connections_current.saturating_sub(1);
+        for plugin in &mut self.plugins {
+            plugin.on_disconnect(&self.sessions[key].client_id);
+        }
         let session = &mut self.sessions[key];
         if session.conn == Some(conn_id) {
             session.conn = None;
@@ -1733,12 +1874,33 @@ impl ShardCore {
             matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             matches.dedup_by_key(|m| m.0);
         }
-        let any = !matches.is_empty();
+        let mut any = !matches.is_empty();
         for &(key, granted) in &matches {
             // Delivered because of an existing subscription: retain flag 0 [MQTT-3.3.1-9].
             self.deliver(key, message, granted.min(message.qos), false);
         }
         self.match_scratch = matches;
+        if !self.plugins.is_empty() {
+            let mut plugins = Vec::new();
+            self.plugin_subscriptions
+                .for_each_match(&message.topic, |index, _| plugins.push(index));
+            plugins.sort_unstable();
+            plugins.dedup();
+            if !plugins.is_empty() {
+                any = true;
+                let seen = PluginMessage {
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos: message.qos,
+                    retain: message.retain,
+                };
+                for index in plugins {
+                    if let Some(plugin) = self.plugins.get_mut(index) {
+                        plugin.on_message(&seen, self.now_ms);
+                    }
+                }
+            }
+        }
         any
     }
 

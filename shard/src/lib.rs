@@ -14,6 +14,8 @@
 //!   publishes every tick for the admin side (metrics, health, the admin API).
 //! - [`access`]: the authentication/authorization interface the broker plugs into, and
 //!   the ban table of client addresses that keep failing.
+//! - [`plugin`]: message plugins (hooks on connect, subscribe, publish, ticks, and
+//!   internal subscriptions), with their contract.
 //! - [`durable`]: recovering the shards' write-ahead logs at start (re-homing state after
 //!   a change of `shards`), and each shard's log task (group commit off the shard thread,
 //!   compaction, failure and reopening).
@@ -25,6 +27,7 @@ pub mod access;
 pub mod core;
 pub mod durable;
 pub mod message;
+pub mod plugin;
 pub mod runtime;
 pub mod session;
 pub mod stats;

@@ -75,6 +75,8 @@ pub struct RuntimeConfig {
     pub log: Option<LogConfig>,
     /// Authentication, authorization and bans, shared by every shard.
     pub access: Arc<AccessControl>,
+    /// Message plugins: each shard gets an instance from each factory.
+    pub plugins: Vec<Arc<dyn crate::plugin::PluginFactory>>,
     /// The TLS listener; `None`: plain TCP only.
     pub tls: Option<crate::tls::TlsListener>,
 }
@@ -787,6 +789,12 @@ async fn run_shard(setup: ShardSetup) {
     core.set_incarnation(incarnation);
     let (authorizer_generation, authorizer) = config.access.authorizer();
     core.set_authorizer(authorizer);
+    for factory in &config.plugins {
+        core.add_plugin(
+            factory.build(id, config.shards),
+            factory.home(config.shards) == id,
+        );
+    }
     let authorizer_generation = Cell::new(authorizer_generation);
     if let (Some(log_config), Some(log)) = (&config.log, &log) {
         core = core.with_durability(log_config.durability);

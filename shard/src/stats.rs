@@ -227,6 +227,12 @@ pub struct ShardStats {
     pub subscribe_denied_total: u64,
     /// CONNECTs refused for bad credentials or not being authorised (CONNACK 4, 5).
     pub auth_failures_total: u64,
+    /// PUBLISHes a plugin dropped.
+    pub plugin_dropped_total: u64,
+    /// Messages plugins published (derived messages).
+    pub plugin_derived_total: u64,
+    /// Derived messages dropped for going over a call's bound.
+    pub plugin_derived_dropped_total: u64,
     /// Connections refused because their address is banned.
     pub connections_refused_banned_total: u64,
     /// Connections refused for the per-address connection limit.

@@ -50,6 +50,7 @@ mod access;
 mod connect;
 mod keep_alive;
 mod malformed;
+mod plugins;
 mod qos;
 mod retained;
 mod routing;
