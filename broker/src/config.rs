@@ -270,6 +270,9 @@ pub struct LimitsConfig {
     /// Levels (`/`-separated) a topic or filter may have; deeper publishes are dropped
     /// and counted, deeper subscriptions refused.
     pub max_topic_levels: usize,
+    /// PUBLISH packets per second one connection may send (bursts of as many); beyond,
+    /// the broker stops reading from it until it is under the rate again. 0: no limit.
+    pub max_publish_rate: u32,
     /// Failures (bad credentials, malformed packets) from one address within
     /// `ban_window_secs` after which it is banned; 0 turns banning off.
     pub ban_threshold: u32,
@@ -343,6 +346,7 @@ impl Default for LimitsConfig {
             max_connections_per_address: 0,
             max_subscriptions_per_client: 10_000,
             max_topic_levels: 128,
+            max_publish_rate: 0,
             ban_threshold: 10,
             ban_window_secs: 60,
             ban_duration_secs: 300,

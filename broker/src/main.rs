@@ -191,6 +191,7 @@ fn run(
             outbound_buffer_bytes_max: config.limits.outbound_buffer_bytes_max,
             subscriptions_per_client_max: config.limits.max_subscriptions_per_client,
             topic_levels_max: config.limits.max_topic_levels,
+            publish_rate_max: config.limits.max_publish_rate,
             ..Limits::default()
         },
         access: access.clone(),

@@ -109,6 +109,29 @@ fn start_broker(
     (child, rx)
 }
 
+/// Kills a helper process when the test ends, failing or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGKILLs the pid it holds when dropped (a failing test must not leave a broker).
+struct BrokerGuard(Arc<Mutex<u32>>);
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let pid = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pid != 0 {
+            // SAFETY: kill(2); at worst the pid is already gone.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 fn kill(child: &mut Child) {
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -471,7 +494,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
     };
 
+    // Whatever happens, the broker running last is killed when the test ends.
+    let current = BrokerGuard(Arc::new(Mutex::new(0)));
     let (mut broker, rx) = start_broker(addr, data_dir.path(), &log);
+    *current.0.lock().unwrap() = broker.id();
     wait_listening(&rx, &log);
 
     let stop_subs = Arc::new(AtomicBool::new(false));
@@ -485,24 +511,26 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         );
         thread::sleep(Duration::from_millis(10));
     }
-    let mut mosquitto_sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args([
-            "-i",
-            "crash-sub-mosquitto",
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            "crash/#",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub (apt install mosquitto-clients)");
+    let mut mosquitto_sub = KillOnDrop(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args([
+                "-i",
+                "crash-sub-mosquitto",
+                "-c",
+                "-q",
+                "1",
+                "-t",
+                "crash/#",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt install mosquitto-clients)"),
+    );
     let mosquitto_lines = Arc::new(Mutex::new(BTreeSet::new()));
     {
-        let stdout = mosquitto_sub.stdout.take().unwrap();
+        let stdout = mosquitto_sub.0.stdout.take().unwrap();
         let lines = mosquitto_lines.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -535,6 +563,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         let (next, rx) = start_broker(addr, data_dir.path(), &log);
         broker = next;
+        *current.0.lock().unwrap() = broker.id();
         wait_listening(&rx, &log);
     }
 
@@ -645,8 +674,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     }
 
     stop_subs.store(true, Ordering::Relaxed);
-    let _ = mosquitto_sub.kill();
-    let _ = mosquitto_sub.wait();
+    drop(mosquitto_sub);
     exact_thread.join().unwrap();
     kill(&mut broker);
 }

@@ -57,6 +57,9 @@ pub struct Limits {
     /// Levels a topic name or filter may have; deeper ones are refused (a PUBLISH is
     /// dropped and counted, a SUBSCRIBE gets 0x80). 0: no limit.
     pub topic_levels_max: usize,
+    /// PUBLISH packets per second one connection may send (a burst of as many is
+    /// allowed); beyond, its input waits (see [`ShardCore::throttled_until`]). 0: no limit.
+    pub publish_rate_max: u32,
 }
 
 impl Limits {
@@ -81,6 +84,7 @@ impl Default for Limits {
             stall_ms: 1000,
             subscriptions_per_client_max: 0,
             topic_levels_max: 0,
+            publish_rate_max: 0,
         }
     }
 }
@@ -199,6 +203,12 @@ struct Conn {
     gate: Option<(usize, u64)>,
     /// The CONNECT user name (kept to re-derive `policy` when the authorizer changes).
     username: Option<ByteString>,
+    /// Publish-rate token bucket (`Limits::publish_rate_max`): tokens, and when they
+    /// were counted.
+    publish_tokens: f64,
+    publish_tokens_at_ms: u64,
+    /// Input waits until then: the connection is over its publish rate.
+    throttled_until_ms: Option<u64>,
     /// What this client may publish and subscribe to; `None`: everything.
     policy: Option<Box<dyn ClientPolicy>>,
     /// Measured deliveries in `out`: where each PUBLISH ends in `out`, and when its
@@ -733,6 +743,9 @@ impl ShardCore {
             deferred: VecDeque::new(),
             gate: None,
             username: connect.username.clone(),
+            publish_tokens: f64::from(self.limits.publish_rate_max),
+            publish_tokens_at_ms: now_ms,
+            throttled_until_ms: None,
             policy: None,
             delivery_times: Vec::new(),
         };
@@ -870,6 +883,25 @@ impl ShardCore {
                 return;
             }
             conn.last_seen_ms = now_ms;
+            let rate = self.limits.publish_rate_max;
+            // A PUBLISH is next (its fixed header's type is 3): take a token, or wait.
+            if rate > 0 && buf.first().is_some_and(|b| b >> 4 == 3) {
+                let elapsed_ms = now_ms.saturating_sub(conn.publish_tokens_at_ms);
+                conn.publish_tokens = (conn.publish_tokens
+                    + elapsed_ms as f64 * f64::from(rate) / 1000.0)
+                    .min(f64::from(rate));
+                conn.publish_tokens_at_ms = now_ms;
+                if conn.publish_tokens < 1.0 {
+                    let wait_ms = ((1.0 - conn.publish_tokens) * 1000.0 / f64::from(rate)).ceil();
+                    if conn.throttled_until_ms.is_none() {
+                        self.stats.publish_throttled_total += 1;
+                    }
+                    conn.throttled_until_ms = Some(now_ms + (wait_ms as u64).max(1));
+                    return;
+                }
+                conn.publish_tokens -= 1.0;
+            }
+            conn.throttled_until_ms = None;
             match conn.decoder.decode(buf) {
                 Ok(Some(packet)) => self.handle_packet(conn_id, packet),
                 Ok(None) => return,
@@ -901,6 +933,15 @@ impl ShardCore {
         self.input_at = Some(read_at);
         self.handle_bytes(conn_id, buf, now_ms);
         self.input_at = None;
+    }
+
+    /// When a connection over its publish rate may go on: the runtime stops reading its
+    /// socket and calls [`ShardCore::handle_bytes`] again with the same buffer then.
+    pub fn throttled_until(&self, conn_id: ConnId) -> Option<u64> {
+        self.conns
+            .get(&conn_id)
+            .filter(|c| !c.closing)
+            .and_then(|c| c.throttled_until_ms)
     }
 
     /// The socket of `conn_id` failed or reached end of file without DISCONNECT.
@@ -1021,6 +1062,11 @@ impl ShardCore {
     /// Connections with new output since the last call.
     pub fn drain_woken(&mut self, into: &mut Vec<ConnId>) {
         into.append(&mut self.woken);
+    }
+
+    /// Mesh messages produced and not yet drained (held ones included), for tests.
+    pub fn pending_mesh(&self) -> impl Iterator<Item = &(ShardId, MeshMessage)> {
+        self.mesh_out.iter()
     }
 
     /// Whether mesh output is held for a commit (see [`ShardCore::drain_mesh`]).

@@ -1461,6 +1461,21 @@ async fn run_connection(
                 shard.flush().await;
                 shard.drained.wake_all();
                 shard.pace().await;
+                // Over its publish rate: read nothing more (TCP backpressure reaches the
+                // client) until its next token, then go on with what is buffered.
+                loop {
+                    let until = shard.core.borrow().throttled_until(conn_id);
+                    let Some(until) = until else { break };
+                    let wait_ms = until.saturating_sub(shard.now_ms());
+                    glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
+                    let now = shard.now_ms();
+                    {
+                        let mut core = shard.core.borrow_mut();
+                        core.handle_bytes_at(conn_id, &mut buf, now, Instant::now());
+                        note_violations(&mut core, conn_id, admitted.as_ref());
+                    }
+                    shard.flush().await;
+                }
                 // A socket with data always ready would otherwise never yield: let the
                 // writers (and other readers) of this shard run between reads.
                 futures_lite::future::yield_now().await;

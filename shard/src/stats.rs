@@ -229,6 +229,8 @@ pub struct ShardStats {
     pub auth_failures_total: u64,
     /// PUBLISHes a plugin dropped.
     pub plugin_dropped_total: u64,
+    /// Times a connection went over its publish rate and its input was made to wait.
+    pub publish_throttled_total: u64,
     /// Messages plugins published (derived messages).
     pub plugin_derived_total: u64,
     /// Derived messages dropped for going over a call's bound.

@@ -768,6 +768,10 @@ impl Sim {
         // Messages that waited behind a hold were decided before the latest mesh input:
         // the forwarding rule holds at decision time, not at release.
         let was_held = std::mem::replace(&mut self.held[k], self.shards[k].has_held_mesh());
+        if was_held != self.held[k] {
+            let now = self.held[k];
+            self.log(|| format!("shard {k}: mesh output held: {now}"));
+        }
         for (to, message) in out {
             assert_ne!(to.0, shard, "a shard sends a mesh message to itself");
             self.check_forward(shard, to.0, &message, !was_held);
@@ -791,24 +795,28 @@ impl Sim {
             return;
         }
         let t = usize::from(to);
-        let local = self.owned[t].iter().any(|&c| {
-            self.shards[t]
-                .session(&self.clients[c].id)
-                .is_some_and(|session| {
-                    session
-                        .subscriptions
-                        .keys()
-                        .any(|f| f.matches(&message.topic))
-                })
+        // Any session of the destination, anonymous clients' included.
+        let local = self.shards[t].sessions().any(|session| {
+            session
+                .subscriptions
+                .keys()
+                .any(|f| f.matches(&message.topic))
         });
-        let leaving = self.mesh[self.mesh_index(to, from)].iter().any(|e| {
-            matches!(e, Envelope::Core(MeshMessage::Interest { filter, add: false, .. })
+        let removal = |m: &MeshMessage| {
+            matches!(m, MeshMessage::Interest { filter, add: false, .. }
                 if filter.matches(&message.topic))
-        });
+        };
+        // In flight, or still in the destination's output (held behind a commit).
+        let leaving = self.mesh[self.mesh_index(to, from)]
+            .iter()
+            .any(|e| matches!(e, Envelope::Core(m) if removal(m)))
+            || self.shards[t]
+                .pending_mesh()
+                .any(|(dest, m)| dest.0 == from && removal(m));
         assert!(
             local || leaving,
             "shard {from} forwarded {} to shard {to}, which has no subscriber for it \
-             and no interest removal in flight",
+             and no interest removal in flight ({message:?})",
             message.topic.as_str()
         );
     }

@@ -253,3 +253,28 @@ fn answered(addr: SocketAddr, client_id: &str) -> bool {
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).is_ok() && connack[0] == 0x20
 }
+
+#[test]
+fn a_publisher_over_its_rate_is_slowed_down_not_dropped() {
+    use crate::clients::mosquitto_pub_stdin;
+    // 20 PUBLISH/s per connection: 60 messages need at least (60 - 20 burst) / 20 = 2 s.
+    // A lower bound is the limiter's function, not a speed measurement.
+    let broker = Broker::start_with(1, &[("CUTIE_LIMITS__MAX_PUBLISH_RATE", "20")]);
+    let addr = broker.addr();
+    let mut sub = MosquittoSub::start(addr, &["-t", "rate/#", "-q", "1"]);
+    let lines: String = (0..60).map(|i| format!("m{i}\n")).collect();
+    let started = std::time::Instant::now();
+    mosquitto_pub_stdin(addr, &["-t", "rate/x", "-q", "1", "-l"], &lines);
+    for i in 0..60 {
+        assert_eq!(
+            sub.recv().payload,
+            format!("m{i}"),
+            "in order, none dropped"
+        );
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1800),
+        "60 messages at 20/s went through in {:?}",
+        started.elapsed()
+    );
+}
