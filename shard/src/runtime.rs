@@ -519,6 +519,18 @@ impl Notify {
     }
 }
 
+/// What waits to go into one peer's mesh channel: posted by any task of the shard,
+/// written into the channel by that peer's one sender task, so envelopes keep their
+/// order even when the channel is full.
+#[derive(Default)]
+struct Outbox {
+    queue: RefCell<std::collections::VecDeque<Envelope>>,
+    /// Wakes the sender task.
+    wake: Notify,
+    /// Woken after each envelope the sender task wrote (waiters re-check the queue).
+    room: Drained,
+}
+
 /// Wakes every task waiting for session queues to drain (paced publishers).
 #[derive(Default)]
 struct Drained {
@@ -571,6 +583,9 @@ struct Shard {
     peers_recovered: Cell<usize>,
     /// Woken at each `Envelope::Recovered`.
     peer_recovered: Notify,
+    /// Per peer shard: what waits to go into its mesh channel, in order (see
+    /// [`Outbox`]).
+    outboxes: Vec<Outbox>,
     /// Delivery latencies (µs) since the last tick's snapshot: see
     /// [`ShardCore::take_output_timed`].
     delivery_latency_us: RefCell<Histogram<u64>>,
@@ -645,7 +660,14 @@ impl Shard {
         }
         let mut batches: Vec<(ShardId, Vec<MeshMessage>)> = Vec::new();
         for (to, message) in mesh {
-            match batches.iter_mut().find(|(shard, _)| *shard == to) {
+            // The newest batch for `to`, unless it is full: a channel slot then holds at
+            // most MESH_BATCH_MESSAGES_MAX messages, so `mesh_channel_capacity` bounds
+            // the messages (not only the batches) waiting between two shards.
+            match batches
+                .iter_mut()
+                .rev()
+                .find(|(shard, batch)| *shard == to && batch.len() < MESH_BATCH_MESSAGES_MAX)
+            {
                 Some((_, batch)) => batch.push(message),
                 None => batches.push((to, vec![message])),
             }
@@ -680,36 +702,36 @@ impl Shard {
         }
     }
 
+    /// Queues the batches for their peers and waits until they are in the channels
+    /// (backpressure on the input that produced them).
     async fn send_mesh(&self, mesh: Vec<(ShardId, Vec<MeshMessage>)>) {
+        let mut peers = Vec::new();
         for (to, message) in mesh {
-            if let Some(sender) = &self.senders[to.index()] {
-                if sender.send(Envelope::Core(message)).await.is_err() {
-                    tracing::warn!(shard = %self.id, to = %to, "mesh channel closed");
-                }
+            self.post(to, Envelope::Core(message));
+            if !peers.contains(&to) {
+                peers.push(to);
             }
         }
+        for to in peers {
+            let outbox = &self.outboxes[to.index()];
+            while !outbox.queue.borrow().is_empty() {
+                outbox.room.wait().await;
+            }
+        }
+    }
+
+    /// Hands an envelope to the sender task of peer `to`, behind everything queued for it.
+    fn post(&self, to: ShardId, envelope: Envelope) {
+        let outbox = &self.outboxes[to.index()];
+        outbox.queue.borrow_mut().push_back(envelope);
+        outbox.wake.notify();
     }
 
     /// Applies effects without waiting: for mesh handlers, which must never block on a
     /// peer (two shards waiting on each other's full channels would deadlock).
     fn flush_nowait(self: &Rc<Self>) {
         for (to, message) in self.collect_effects() {
-            let Some(sender) = &self.senders[to.index()] else {
-                continue;
-            };
-            if let Err(error) = sender.try_send(Envelope::Core(message)) {
-                let envelope = match error {
-                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(e)) => e,
-                    _ => continue, // the peer is gone (shutdown)
-                };
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    if let Some(sender) = &shard.senders[to.index()] {
-                        let _ = sender.send(envelope).await;
-                    }
-                })
-                .detach();
-            }
+            self.post(to, Envelope::Core(message));
         }
     }
 }
@@ -816,6 +838,7 @@ async fn run_shard(setup: ShardSetup) {
         log_stop: Cell::new(false),
         peers_recovered: Cell::new(0),
         peer_recovered: Notify::default(),
+        outboxes: (0..n).map(|_| Outbox::default()).collect(),
         delivery_latency_us: RefCell::new(latency_histogram()),
         wal_commit_latency_us: Rc::new(RefCell::new(latency_histogram())),
         config,
@@ -890,11 +913,45 @@ async fn run_shard(setup: ShardSetup) {
         .detach();
     }
 
+    // One sender task per peer: it alone writes into that peer's channel, in the order
+    // envelopes were posted, so the mesh stays FIFO however full the channel gets.
+    for peer in 0..n {
+        if peer == me {
+            continue;
+        }
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let outbox = &shard.outboxes[peer];
+            loop {
+                let next = outbox.queue.borrow_mut().pop_front();
+                match next {
+                    Some(envelope) => {
+                        if let Some(sender) = &shard.senders[peer] {
+                            if sender.send(envelope).await.is_err() {
+                                tracing::debug!(shard = %shard.id, peer, "mesh channel closed");
+                            }
+                        }
+                        outbox.room.wake_all();
+                    }
+                    None => {
+                        if !outbox.wake.wait().await {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
     // What the restored state owes the peers (interest, retained replicas), then the
     // marker after it; clients are accepted once every peer's marker has arrived.
     shard.flush().await;
-    for sender in shard.senders.iter().flatten() {
-        let _ = sender.send(Envelope::Recovered).await;
+    for peer in 0..n {
+        if peer != me {
+            // invariant: peer < n <= SHARDS_MAX, which fits u16.
+            shard.post(ShardId(peer as u16), Envelope::Recovered);
+        }
     }
     while shard.peers_recovered.get() + 1 < n {
         shard.peer_recovered.wait().await;
@@ -1326,6 +1383,10 @@ async fn authenticate(
     let _ = stream.flush().await;
     false
 }
+
+/// Messages per mesh channel slot: with `mesh_channel_capacity` slots, at most
+/// capacity x this many messages wait between two shards.
+const MESH_BATCH_MESSAGES_MAX: usize = 64;
 
 /// Bytes one read may take from a socket (the size of the shard's scratch buffer).
 const READ_CHUNK_BYTES: usize = 64 * 1024;
