@@ -270,6 +270,9 @@ pub struct LimitsConfig {
     /// Levels (`/`-separated) a topic or filter may have; deeper publishes are dropped
     /// and counted, deeper subscriptions refused.
     pub max_topic_levels: usize,
+    /// Bytes a topic or filter may have; longer publishes are dropped and counted,
+    /// longer subscriptions refused.
+    pub max_topic_length: usize,
     /// PUBLISH packets per second one connection may send (bursts of as many); beyond,
     /// the broker stops reading from it until it is under the rate again. 0: no limit.
     pub max_publish_rate: u32,
@@ -346,6 +349,7 @@ impl Default for LimitsConfig {
             max_connections_per_address: 0,
             max_subscriptions_per_client: 10_000,
             max_topic_levels: 128,
+            max_topic_length: 65_535,
             max_publish_rate: 0,
             ban_threshold: 10,
             ban_window_secs: 60,
@@ -500,6 +504,12 @@ impl Config {
             limits.max_subscriptions_per_client,
             1,
             10_000_000,
+        )?;
+        range(
+            "limits.max_topic_length",
+            limits.max_topic_length,
+            1,
+            65_535,
         )?;
         range(
             "limits.max_topic_levels",

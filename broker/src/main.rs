@@ -192,6 +192,7 @@ fn run(
             subscriptions_per_client_max: config.limits.max_subscriptions_per_client,
             topic_levels_max: config.limits.max_topic_levels,
             publish_rate_max: config.limits.max_publish_rate,
+            topic_bytes_max: config.limits.max_topic_length,
             ..Limits::default()
         },
         access: access.clone(),

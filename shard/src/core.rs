@@ -57,6 +57,9 @@ pub struct Limits {
     /// Levels a topic name or filter may have; deeper ones are refused (a PUBLISH is
     /// dropped and counted, a SUBSCRIBE gets 0x80). 0: no limit.
     pub topic_levels_max: usize,
+    /// Bytes a topic name or filter may have; longer ones are refused like deeper ones.
+    /// 0: no limit (beyond MQTT's 65,535).
+    pub topic_bytes_max: usize,
     /// PUBLISH packets per second one connection may send (a burst of as many is
     /// allowed); beyond, its input waits (see [`ShardCore::throttled_until`]). 0: no limit.
     pub publish_rate_max: u32,
@@ -84,6 +87,7 @@ impl Default for Limits {
             stall_ms: 1000,
             subscriptions_per_client_max: 0,
             topic_levels_max: 0,
+            topic_bytes_max: 0,
             publish_rate_max: 0,
         }
     }
@@ -1503,6 +1507,10 @@ impl ShardCore {
         if max > 0 && topic.levels().count() > max {
             return false;
         }
+        let bytes_max = self.limits.topic_bytes_max;
+        if bytes_max > 0 && topic.as_str().len() > bytes_max {
+            return false;
+        }
         self.conns
             .get(&conn_id)
             .and_then(|c| c.policy.as_ref())
@@ -1545,6 +1553,8 @@ impl ShardCore {
             let session = &self.sessions[key];
             let allowed = policy.is_none_or(|p| p.may_subscribe(filter.as_str()))
                 && (levels_max == 0 || filter.levels().count() <= levels_max)
+                && (self.limits.topic_bytes_max == 0
+                    || filter.as_str().len() <= self.limits.topic_bytes_max)
                 && (subscriptions_max == 0
                     || session.subscriptions.len() < subscriptions_max
                     || session.subscriptions.contains_key(filter));

@@ -217,14 +217,25 @@ fn connections_per_address_and_topic_depth_are_limited() {
         &[
             ("CUTIE_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "2"),
             ("CUTIE_LIMITS__MAX_TOPIC_LEVELS", "3"),
+            ("CUTIE_LIMITS__MAX_TOPIC_LENGTH", "16"),
         ],
     );
     let addr = broker.addr();
-    let deep = MosquittoSub::start(addr, &["-t", "a/b/c/d", "-t", "a/b/c"]);
+    let deep = MosquittoSub::start(
+        addr,
+        &[
+            "-t",
+            "a/b/c/d",
+            "-t",
+            "a/b/c",
+            "-t",
+            "a/very-long-topic-name",
+        ],
+    );
     assert_eq!(
         deep.granted(),
-        vec![128, 0],
-        "a filter deeper than max_topic_levels is refused"
+        vec![128, 0, 128],
+        "filters deeper than max_topic_levels or longer than max_topic_length are refused"
     );
     let (_second, _) = RawClient::connect(addr, &raw::Connect::new("second"));
     // A third connection from 127.0.0.1 is refused: closed without a CONNACK.
