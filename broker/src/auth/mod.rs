@@ -11,9 +11,8 @@
 //! - [`Users`] (here): the password file and the environment users as one set of
 //!   credentials, checked with one verification whoever asks.
 
-// The connection path (CONNECT authentication, PUBLISH/SUBSCRIBE authorization) is wired
-// to this module next; until then most of it is used only by its tests and by
-// `cutie passwd`.
+// The connection path uses this module through `crate::access`; a few helpers
+// (`check_receive`, counts, `contains`) serve only the tests and `cutie passwd`.
 #![allow(dead_code)]
 
 pub mod acl;
