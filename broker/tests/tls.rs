@@ -1186,3 +1186,26 @@ fn measure_tls_proxy_cost() {
     }
     broker.stop();
 }
+
+#[test]
+fn failed_tls_handshakes_count_toward_a_ban_and_a_banned_address_gets_no_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new(dir.path(), "a");
+    let broker = Broker::start(
+        &ca.server(),
+        &[("CUTIE_LIMITS__BAN_THRESHOLD", Path::new("2"))],
+    );
+    // Three clients speaking MQTT in the clear to the TLS port: three failed handshakes.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(broker.tls).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let _ = stream.write_all(&[0x10, 0x02, 0x00, 0x00]);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    // Now even a correct TLS client from that address is refused.
+    assert!(
+        !publish(&tls_args(broker.tls, &ca.ca_file(), None), "good", "t", "x"),
+        "a banned address completed a TLS session"
+    );
+}

@@ -165,6 +165,23 @@ impl Drop for LiveGuard {
 async fn serve(shard: Rc<Shard>, stream: TcpStream, server: Arc<TlsServer>, _live: LiveGuard) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
+    // A banned address gets no handshake (the expensive part), and a failed handshake
+    // counts toward a ban like a malformed packet.
+    let bans = &shard.config.access.bans;
+    if peer.is_some_and(|p| bans.is_banned(p.ip(), std::time::Instant::now())) {
+        shard
+            .core
+            .borrow_mut()
+            .stats
+            .connections_refused_banned_total += 1;
+        tracing::debug!(shard = %shard.id, ?peer, "TLS connection from a banned address refused");
+        return;
+    }
+    let failed = || {
+        if let Some(peer) = peer {
+            bans.record_failure(peer.ip(), std::time::Instant::now());
+        }
+    };
     let acceptor = futures_rustls::TlsAcceptor::from(server.config());
     let stream = Counted {
         inner: stream,
@@ -182,11 +199,13 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, server: Arc<TlsServer>, _liv
         Some(Err(error)) => {
             shard.core.borrow_mut().stats.tls_handshake_failures_total += 1;
             tracing::debug!(shard = %shard.id, ?peer, %error, "TLS handshake failed");
+            failed();
             return;
         }
         None => {
             shard.core.borrow_mut().stats.tls_handshake_failures_total += 1;
             tracing::debug!(shard = %shard.id, ?peer, "no TLS handshake within the connect timeout");
+            failed();
             return;
         }
     };
