@@ -552,8 +552,12 @@ fn readyz_is_503_while_the_log_is_recovered() {
     let data_dir = tempfile::tempdir().unwrap();
     // A persistent session that is offline, with a long queue: every message is a
     // record that recovery replays.
+    // Every message queued (not dropped at the default 1000), so that recovery replays
+    // 30,000 records and takes long enough to be seen from outside.
+    let queue = [("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "100000")];
     {
-        let mut broker = OwnBroker::start(data_dir.path());
+        let (mut broker, lines) = OwnBroker::spawn(data_dir.path(), &queue);
+        broker.wait_listening(&lines);
         drop(MosquittoSub::start(
             broker.mqtt,
             &[
@@ -571,7 +575,7 @@ fn readyz_is_503_while_the_log_is_recovered() {
         clients::mosquitto_pub_stdin(broker.mqtt, &["-t", "queued/x", "-q", "1", "-l"], &input);
         assert!(broker.terminate().success());
     }
-    let (mut broker, lines) = OwnBroker::spawn(data_dir.path(), &[]);
+    let (mut broker, lines) = OwnBroker::spawn(data_dir.path(), &queue);
     let admin = loop {
         let line = broker.next_line(&lines);
         if line.contains("admin endpoint listening") {
