@@ -961,41 +961,15 @@ async fn run_shard(setup: ShardSetup) {
         .store(crate::stats::monotonic_ms().max(1), Ordering::Relaxed);
     health.ready.store(true, Ordering::Relaxed);
 
-    // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
-    let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
     let (stop_tx, stop_rx) = local_channel::new_bounded::<()>(1);
     {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let per_shard_max = shard
-                .config
-                .max_connections
-                .div_ceil(usize::from(shard.config.shards));
-            loop {
-                let accepted =
-                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                        let _ = stop_rx.recv().await;
-                        None
-                    })
-                    .await;
-                let stream = match accepted {
-                    None => break,
-                    Some(Ok(stream)) => stream,
-                    Some(Err(error)) => {
-                        tracing::warn!(shard = %shard.id, %error, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if shard.open_connections.get() >= per_shard_max {
-                    shard.core.borrow_mut().stats.connections_refused_total += 1;
-                    tracing::debug!(shard = %shard.id, "connection limit reached, refusing");
-                    drop(stream);
-                    continue;
-                }
+            accept_loop(&shard, listener_fd, &stop_rx, "TCP", |shard, stream| {
                 let origin = Origin::default();
                 glommio::spawn_local(accept_connection(shard.clone(), stream, origin)).detach();
-            }
+            })
+            .await;
         })
         .detach();
     }
@@ -1382,6 +1356,46 @@ async fn authenticate(
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     false
+}
+
+/// Accepts on a listening socket until `stop`, refusing connections beyond this shard's
+/// share of `max_connections`, and hands each accepted one to `serve` (plain TCP and TLS
+/// listeners alike).
+async fn accept_loop(
+    shard: &Rc<Shard>,
+    listener_fd: OwnedFd,
+    stop: &local_channel::LocalReceiver<()>,
+    kind: &str,
+    mut serve: impl FnMut(&Rc<Shard>, TcpStream),
+) {
+    // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
+    let per_shard_max = shard
+        .config
+        .max_connections
+        .div_ceil(usize::from(shard.config.shards));
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::warn!(shard = %shard.id, %error, kind, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.open_connections.get() >= per_shard_max {
+            shard.core.borrow_mut().stats.connections_refused_total += 1;
+            tracing::debug!(shard = %shard.id, kind, "connection limit reached, refusing");
+            continue;
+        }
+        serve(shard, stream);
+    }
 }
 
 /// Messages per mesh channel slot: with `mesh_channel_capacity` slots, at most

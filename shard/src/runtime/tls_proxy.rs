@@ -49,7 +49,7 @@ use bytes::BytesMut;
 use cutie_codec::{ConnAck, Connect, ConnectReturnCode, Packet};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::LocalReceiver;
-use glommio::net::{TcpListener, TcpStream, UnixStream};
+use glommio::net::{TcpStream, UnixStream};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -106,36 +106,12 @@ pub(super) async fn accept_loop(
     server: Arc<TlsServer>,
     stop: LocalReceiver<()>,
 ) {
-    // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
-    let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
     let live = Rc::new(Cell::new(0usize));
-    let per_shard_max = shard
-        .config
-        .max_connections
-        .div_ceil(usize::from(shard.config.shards));
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => break,
-            Some(Ok(stream)) => stream,
-            Some(Err(error)) => {
-                tracing::warn!(shard = %shard.id, %error, "TLS accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if shard.open_connections.get() >= per_shard_max {
-            shard.core.borrow_mut().stats.connections_refused_total += 1;
-            tracing::debug!(shard = %shard.id, "connection limit reached, refusing TLS");
-            continue;
-        }
+    super::accept_loop(&shard, listener_fd, &stop, "TLS", |shard, stream| {
         let guard = LiveGuard::new(&live);
         glommio::spawn_local(serve(shard.clone(), stream, server.clone(), guard)).detach();
-    }
+    })
+    .await;
     // The plain side is closing every connection; their proxies end once they have
     // passed that on (close_notify).
     let deadline = Instant::now() + SHUTDOWN_GRACE;
