@@ -590,6 +590,7 @@ impl ShardCore {
             self.mesh_out.push((to, MeshMessage::Ack(token)));
         }
         let mut gated = std::mem::take(&mut log.gated);
+        let mut released = Vec::new();
         gated.retain(|conn_id| {
             let Some(conn) = self.conns.get_mut(conn_id) else {
                 return false;
@@ -598,16 +599,16 @@ impl ShardCore {
                 Some((_, needed)) if needed > committed => true,
                 _ => {
                     conn.gate = None;
-                    if !conn.woken {
-                        conn.woken = true;
-                        self.woken.push(*conn_id);
-                    }
+                    released.push(*conn_id);
                     false
                 }
             }
         });
         if let Some(log) = &mut self.log {
             log.gated = gated;
+        }
+        for conn_id in released {
+            self.wake(conn_id);
         }
     }
 
@@ -1329,31 +1330,25 @@ impl ShardCore {
             // MQTT 3.1.1 has no way to refuse a PUBLISH.
             tracing::debug!(conn = conn_id.0, topic = %publish.topic, "publish denied");
             self.stats.publish_denied_total += 1;
-            let ack = match publish.qos {
-                PublishQos::AtMostOnce => return,
-                PublishQos::AtLeastOnce(packet_id) => Packet::PubAck(packet_id),
-                PublishQos::ExactlyOnce(packet_id) => Packet::PubRec(packet_id),
-            };
-            self.send_ack(conn_id, None, Deferred::Packet(ack));
+            self.acknowledge_unrouted(conn_id, publish.qos);
             return;
         }
         // Plugins see each message once: not a QoS 2 PUBLISH re-sent while its packet id
         // still waits for PUBREL.
         let mut publish = publish;
         let mut derived = Vec::new();
-        let fresh = !matches!(publish.qos, PublishQos::ExactlyOnce(id)
+        let resent = matches!(publish.qos, PublishQos::ExactlyOnce(id)
             if self.sessions[key].inbound_qos2.contains_key(&id));
-        if fresh && !self.plugins.is_empty() {
+        if !self.plugins.is_empty() && !resent {
             let mut message = PluginMessage {
                 topic: publish.topic.clone(),
                 payload: publish.payload.clone(),
                 qos,
                 retain: publish.retain,
             };
-            let session = &self.sessions[key];
-            let username = self.conns.get(&conn_id).and_then(|c| c.username.clone());
+            let (client_id, username) = self.names(conn_id, key);
             let client = Identity {
-                client_id: &session.client_id,
+                client_id: &client_id,
                 username: username.as_deref(),
             };
             let mut verdict = PublishVerdict::Pass;
@@ -1366,12 +1361,7 @@ impl ShardCore {
             if verdict == PublishVerdict::Drop {
                 self.stats.plugin_dropped_total += 1;
                 self.publish_derived(derived);
-                let ack = match publish.qos {
-                    PublishQos::AtMostOnce => return,
-                    PublishQos::AtLeastOnce(packet_id) => Packet::PubAck(packet_id),
-                    PublishQos::ExactlyOnce(packet_id) => Packet::PubRec(packet_id),
-                };
-                self.send_ack(conn_id, None, Deferred::Packet(ack));
+                self.acknowledge_unrouted(conn_id, publish.qos);
                 return;
             }
             publish.topic = message.topic;
@@ -1503,18 +1493,41 @@ impl ShardCore {
     /// Whether the client on `conn_id` may publish to `topic` (its policy and the topic
     /// depth limit).
     fn may_publish(&self, conn_id: ConnId, topic: &TopicName) -> bool {
-        let max = self.limits.topic_levels_max;
-        if max > 0 && topic.levels().count() > max {
-            return false;
-        }
+        self.topic_within_limits(topic.as_str())
+            && self
+                .conns
+                .get(&conn_id)
+                .and_then(|c| c.policy.as_ref())
+                .is_none_or(|policy| policy.may_publish(topic.as_str()))
+    }
+
+    /// Whether a topic name or filter is within `topic_levels_max` and `topic_bytes_max`.
+    fn topic_within_limits(&self, topic: &str) -> bool {
+        let levels_max = self.limits.topic_levels_max;
         let bytes_max = self.limits.topic_bytes_max;
-        if bytes_max > 0 && topic.as_str().len() > bytes_max {
-            return false;
-        }
-        self.conns
-            .get(&conn_id)
-            .and_then(|c| c.policy.as_ref())
-            .is_none_or(|policy| policy.may_publish(topic.as_str()))
+        // A topic has at most one level more than it has bytes: short ones need no count.
+        (levels_max == 0 || topic.len() < levels_max || topic.split('/').count() <= levels_max)
+            && (bytes_max == 0 || topic.len() <= bytes_max)
+    }
+
+    /// The client id and user name of a connection, owned (ByteStrings: cheap clones),
+    /// for an [`Identity`] that outlives borrows of the core.
+    fn names(&self, conn_id: ConnId, key: SessionKey) -> (ByteString, Option<ByteString>) {
+        (
+            self.sessions[key].client_id.clone(),
+            self.conns.get(&conn_id).and_then(|c| c.username.clone()),
+        )
+    }
+
+    /// Acknowledges a PUBLISH that is not routed (denied, or dropped by a plugin): MQTT
+    /// 3.1.1 cannot refuse one, so QoS 1/2 still get their PUBACK/PUBREC.
+    fn acknowledge_unrouted(&mut self, conn_id: ConnId, qos: PublishQos) {
+        let ack = match qos {
+            PublishQos::AtMostOnce => return,
+            PublishQos::AtLeastOnce(packet_id) => Packet::PubAck(packet_id),
+            PublishQos::ExactlyOnce(packet_id) => Packet::PubRec(packet_id),
+        };
+        self.send_ack(conn_id, None, Deferred::Packet(ack));
     }
 
     fn handle_subscribe(&mut self, conn_id: ConnId, key: SessionKey, mut subscribe: Subscribe) {
@@ -1523,14 +1536,12 @@ impl ShardCore {
         // Earlier announcements of these filters that not every peer has applied yet:
         // this SUBACK waits for them too.
         let mut pending = Vec::new();
-        let levels_max = self.limits.topic_levels_max;
         let subscriptions_max = self.limits.subscriptions_per_client_max;
         let mut refused = Vec::new();
         // Plugins first: they may reject a filter or rewrite it.
         let mut plugin_rejected = Vec::new();
         if !self.plugins.is_empty() {
-            let username = self.conns.get(&conn_id).and_then(|c| c.username.clone());
-            let client_id = self.sessions[key].client_id.clone();
+            let (client_id, username) = self.names(conn_id, key);
             let client = Identity {
                 client_id: &client_id,
                 username: username.as_deref(),
@@ -1552,13 +1563,11 @@ impl ShardCore {
             let policy = self.conns.get(&conn_id).and_then(|c| c.policy.as_ref());
             let session = &self.sessions[key];
             let allowed = policy.is_none_or(|p| p.may_subscribe(filter.as_str()))
-                && (levels_max == 0 || filter.levels().count() <= levels_max)
-                && (self.limits.topic_bytes_max == 0
-                    || filter.as_str().len() <= self.limits.topic_bytes_max)
+                && self.topic_within_limits(filter.as_str())
+                && !plugin_rejected.contains(&i)
                 && (subscriptions_max == 0
                     || session.subscriptions.len() < subscriptions_max
                     || session.subscriptions.contains_key(filter));
-            let allowed = allowed && !plugin_rejected.contains(&i);
             if !allowed {
                 tracing::debug!(conn = conn_id.0, %filter, "subscription refused");
                 self.stats.subscribe_denied_total += 1;
