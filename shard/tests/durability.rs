@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
-use cutie_codec::{
-    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
-    SubscribeFilter, TopicFilter, TopicName,
-};
+use common::{connect, connect_packet, id, output, send, subscribe_packet};
+use cutie_codec::{Packet, Publish, PublishQos, QoS, TopicName};
 use cutie_persistence::{DurableState, Record};
 use cutie_shard::{ConnId, Durability, Limits, MeshMessage, OutputState, ShardCore, ShardId};
 
@@ -18,55 +17,8 @@ fn core(shards: u16, id: u16, durability: Durability) -> ShardCore {
     ShardCore::new(ShardId(id), shards, Limits::default()).with_durability(durability)
 }
 
-fn connect(core: &mut ShardCore, conn: u64, client_id: &str, clean_session: bool) {
-    let accepted = core.connect(
-        ConnId(conn),
-        Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session,
-            keep_alive_secs: 0,
-            client_id: ByteString::from(client_id),
-            will: None,
-            username: None,
-            password: None,
-        },
-        0,
-    );
-    assert!(accepted);
-}
-
-fn send(core: &mut ShardCore, conn: u64, packet: Packet) {
-    let mut buf = BytesMut::new();
-    packet.encode(&mut buf);
-    core.handle_bytes(ConnId(conn), &mut buf, 0);
-}
-
-/// The packets the connection's writer would get now.
-fn output(core: &mut ShardCore, conn: u64) -> Vec<Packet> {
-    let mut buf = BytesMut::new();
-    let state = core.take_output(ConnId(conn), &mut buf);
-    assert_ne!(state, OutputState::Gone);
-    let mut decoder = Decoder::new(1 << 20);
-    let mut packets = Vec::new();
-    while let Some(packet) = decoder.decode(&mut buf).unwrap() {
-        packets.push(packet);
-    }
-    assert!(buf.is_empty());
-    packets
-}
-
 fn subscribe(core: &mut ShardCore, conn: u64, filter: &str, qos: QoS) {
-    send(
-        core,
-        conn,
-        Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            filters: vec![SubscribeFilter {
-                filter: TopicFilter::new(filter).unwrap(),
-                qos,
-            }],
-        }),
-    );
+    send(core, conn, subscribe_packet(&[(filter, qos)]));
 }
 
 fn publish(core: &mut ShardCore, conn: u64, topic: &str, qos: PublishQos, retain: bool) {
@@ -81,10 +33,6 @@ fn publish(core: &mut ShardCore, conn: u64, topic: &str, qos: PublishQos, retain
             payload: Bytes::from_static(b"payload"),
         }),
     );
-}
-
-fn id(n: u16) -> PacketId {
-    PacketId::new(n).unwrap()
 }
 
 /// Takes the records and commits them, as the runtime does after the log's fdatasync.
@@ -268,19 +216,7 @@ fn a_failed_log_refuses_qos1_and_keeps_qos0_flowing() {
     assert_eq!(core.stats.publish_refused_log_failed_total, 1);
 
     // A persistent session cannot be promised meanwhile: CONNACK 3 (server unavailable).
-    assert!(!core.connect(
-        ConnId(4),
-        Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session: false,
-            keep_alive_secs: 0,
-            client_id: ByteString::from("durable"),
-            will: None,
-            username: None,
-            password: None,
-        },
-        0,
-    ));
+    assert!(!core.connect(ConnId(4), connect_packet("durable", false), 0));
     let refused = output(&mut core, 4);
     assert!(
         matches!(&refused[..], [Packet::ConnAck(c)] if c.return_code == cutie_codec::ConnectReturnCode::ServerUnavailable),

@@ -4,8 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use common::connect;
 use cutie_codec::{
     Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
     SubscribeFilter, TopicFilter, TopicName,
@@ -20,22 +23,6 @@ fn core(durability: Option<Durability>) -> ShardCore {
         Some(durability) => core.with_durability(durability),
         None => core,
     }
-}
-
-fn connect(core: &mut ShardCore, conn: u64, client_id: &str, clean_session: bool) {
-    assert!(core.connect(
-        ConnId(conn),
-        Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session,
-            keep_alive_secs: 0,
-            client_id: ByteString::from(client_id),
-            will: None,
-            username: None,
-            password: None,
-        },
-        0,
-    ));
 }
 
 fn send_at(core: &mut ShardCore, conn: u64, packet: Packet, at: Instant) {

@@ -2,9 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
-use cutie_codec::{Connect, Packet, ProtocolLevel, Publish, PublishQos, TopicName};
+use common::connect;
+use cutie_codec::{Packet, Publish, PublishQos, TopicName};
 use cutie_shard::{ConnId, Limits, ShardCore, ShardId};
 
 #[test]
@@ -17,19 +19,7 @@ fn a_connection_over_its_publish_rate_waits_and_loses_nothing() {
             ..Limits::default()
         },
     );
-    assert!(core.connect(
-        ConnId(1),
-        Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session: true,
-            keep_alive_secs: 0,
-            client_id: ByteString::from("fast"),
-            will: None,
-            username: None,
-            password: None,
-        },
-        0,
-    ));
+    connect(&mut core, 1, "fast", true);
     let mut buf = BytesMut::new();
     for i in 0..5u8 {
         Packet::Publish(Publish {

@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
+mod common;
+
+use bytes::Bytes;
+use common::{connect, output, send, subscribe_packet};
 use cutie_codec::{
-    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
-    SubscribeFilter, SubscribeReturnCode, TopicFilter, TopicName,
+    Packet, PacketId, Publish, PublishQos, QoS, SubscribeReturnCode, TopicFilter, TopicName,
 };
 use cutie_shard::access::Identity;
 use cutie_shard::plugin::{MessagePlugin, PluginMessage, PublishVerdict, SubscribeVerdict};
-use cutie_shard::{ConnId, Limits, ShardCore, ShardId};
+use cutie_shard::{Limits, ShardCore, ShardId};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
@@ -77,39 +78,6 @@ impl MessagePlugin for Rules {
     }
 }
 
-fn connect(core: &mut ShardCore, conn: u64, client_id: &str) {
-    assert!(core.connect(
-        ConnId(conn),
-        Connect {
-            protocol: ProtocolLevel::V3_1_1,
-            clean_session: true,
-            keep_alive_secs: 0,
-            client_id: ByteString::from(client_id),
-            will: None,
-            username: None,
-            password: None,
-        },
-        0,
-    ));
-}
-
-fn send(core: &mut ShardCore, conn: u64, packet: Packet) {
-    let mut buf = BytesMut::new();
-    packet.encode(&mut buf);
-    core.handle_bytes(ConnId(conn), &mut buf, 0);
-}
-
-fn output(core: &mut ShardCore, conn: u64) -> Vec<Packet> {
-    let mut buf = BytesMut::new();
-    core.take_output(ConnId(conn), &mut buf);
-    let mut decoder = Decoder::new(1 << 20);
-    let mut packets = Vec::new();
-    while let Some(packet) = decoder.decode(&mut buf).unwrap() {
-        packets.push(packet);
-    }
-    packets
-}
-
 fn publish(topic: &str, payload: &'static [u8]) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -125,21 +93,16 @@ fn plugins_rewrite_drop_derive_and_filter_subscriptions() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut core = ShardCore::new(ShardId(0), 1, Limits::default());
     core.add_plugin(Box::new(Rules(seen.clone())), true);
-    connect(&mut core, 1, "sub");
+    connect(&mut core, 1, "sub", true);
     output(&mut core, 1);
     send(
         &mut core,
         1,
-        Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            filters: ["secret/#", "old/#", "drop/#"]
-                .iter()
-                .map(|f| SubscribeFilter {
-                    filter: TopicFilter::new(*f).unwrap(),
-                    qos: QoS::AtMostOnce,
-                })
-                .collect(),
-        }),
+        subscribe_packet(&[
+            ("secret/#", QoS::AtMostOnce),
+            ("old/#", QoS::AtMostOnce),
+            ("drop/#", QoS::AtMostOnce),
+        ]),
     );
     let Packet::SubAck(suback) = &output(&mut core, 1)[0] else {
         panic!("expected SUBACK");
@@ -158,7 +121,7 @@ fn plugins_rewrite_drop_derive_and_filter_subscriptions() {
         .subscriptions
         .contains_key(&TopicFilter::new("new/#").unwrap()));
 
-    connect(&mut core, 2, "pub");
+    connect(&mut core, 2, "pub", true);
     output(&mut core, 2);
     send(&mut core, 2, publish("drop/me", b"x"));
     assert_eq!(
