@@ -7,11 +7,10 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use common::connect;
 use cutie_codec::{
-    Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
-    SubscribeFilter, TopicFilter, TopicName,
+    Decoder, Packet, PacketId, Publish, PublishQos, QoS, Subscribe, SubscribeFilter, TopicFilter,
+    TopicName,
 };
 use cutie_persistence::Record;
 use cutie_shard::{ConnId, Durability, Limits, Message, ShardCore, ShardId};
