@@ -297,6 +297,9 @@ pub struct RuntimeConfig {
     /// Batches each shard-to-shard channel holds before the sender waits (a batch is
     /// what one read or tick produced for that shard).
     pub mesh_channel_capacity: usize,
+    /// Microseconds a pinned shard keeps polling for work after its last piece of work
+    /// before it sleeps; 0 sleeps at once.
+    pub idle_poll_us: u64,
 }
 
 impl Default for Config {
@@ -364,6 +367,7 @@ impl Default for RuntimeConfig {
             io_memory_bytes: 512 * 1024,
             ring_depth: 128,
             mesh_channel_capacity: 128,
+            idle_poll_us: 0,
         }
     }
 }
@@ -487,6 +491,7 @@ impl Config {
             1 << 30,
         )?;
         range("runtime.ring_depth", runtime.ring_depth, 8, 4096)?;
+        range("runtime.idle_poll_us", runtime.idle_poll_us, 0, 10_000)?;
         if !runtime.ring_depth.is_power_of_two() {
             return Err(Violation {
                 key: "runtime.ring_depth",

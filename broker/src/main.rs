@@ -182,6 +182,7 @@ fn run(
         io_memory_bytes: config.runtime.io_memory_bytes,
         ring_depth: config.runtime.ring_depth,
         mesh_channel_capacity: config.runtime.mesh_channel_capacity,
+        idle_poll: Duration::from_micros(config.runtime.idle_poll_us),
         connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
         max_connections: config.limits.max_connections,
         limits: Limits {

@@ -63,6 +63,10 @@ pub struct RuntimeConfig {
     pub io_memory_bytes: usize,
     /// io_uring ring depth per executor.
     pub ring_depth: usize,
+    /// How long a pinned shard keeps polling its rings after its last piece of work
+    /// before it sleeps (glommio `spin_before_park`); zero sleeps at once. Unpinned
+    /// shards always sleep at once (glommio ignores the setting for them).
+    pub idle_poll: Duration,
     /// Capacity of each mesh channel, in messages.
     pub mesh_channel_capacity: usize,
     /// A connection must send CONNECT within this time.
@@ -405,7 +409,11 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, StartError> {
             _ => Placement::Unbound,
         };
         let config = config.clone();
-        let handle = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement);
+        if !config.idle_poll.is_zero() {
+            builder = builder.spin_before_park(config.idle_poll);
+        }
+        let handle = builder
             .name(&format!("cutie-shard-{i}"))
             .io_memory(io_memory_bytes)
             .ring_depth(config.ring_depth)
