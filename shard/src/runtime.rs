@@ -1445,7 +1445,10 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
 /// loop here and a writer task beside it.
 ///
 /// The socket and the CONNECT come boxed: arguments of an async fn stay in its future for
-/// its whole life, and this future lives as long as the connection.
+/// its whole life, and this future lives as long as the connection. For the same reason
+/// the boxes are moved into blocks and freed there (moving out of a box frees the
+/// allocation only when the box's binding ends), and the rare waits (pacing,
+/// throttling) are boxed: the future holds room for its largest await.
 async fn run_connection(
     shard: Rc<Shard>,
     stream: Box<TcpStream>,
@@ -1461,11 +1464,15 @@ async fn run_connection(
     let notify = Rc::new(Notify::default());
     shard.writers.borrow_mut().insert(conn_id, notify.clone());
     shard.open_connections.set(shard.open_connections.get() + 1);
-    let (mut reader, mut writer) = futures_lite::io::split(*stream);
+    let (mut reader, mut writer) = {
+        let stream: Box<TcpStream> = stream;
+        futures_lite::io::split(*stream)
+    };
     // The core must know the connection before the writer first asks it for output
     // (a spawned task may run at once).
     let now = shard.now_ms();
     {
+        let connect: Box<Connect> = connect;
         let mut core = shard.core.borrow_mut();
         core.connect(conn_id, *connect, now);
         // A takeover's will is not this connection's input: nothing to pace.
@@ -1543,14 +1550,16 @@ async fn run_connection(
                 }
                 shard.flush().await;
                 shard.drained.wake_all();
-                shard.pace().await;
+                if shard.core.borrow().has_pressure() {
+                    Box::pin(shard.pace()).await;
+                }
                 // Over its publish rate: read nothing more (TCP backpressure reaches the
                 // client) until its next token, then go on with what is buffered.
                 loop {
                     let until = shard.core.borrow().throttled_until(conn_id);
                     let Some(until) = until else { break };
                     let wait_ms = until.saturating_sub(shard.now_ms());
-                    glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
+                    Box::pin(glommio::timer::sleep(Duration::from_millis(wait_ms.max(1)))).await;
                     let now = shard.now_ms();
                     {
                         let mut core = shard.core.borrow_mut();

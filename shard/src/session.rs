@@ -7,10 +7,29 @@
 //! later write-ahead log can record as it changes.
 
 use crate::message::{ConnId, Message, Token};
-use ahash::AHashMap;
 use bytestring::ByteString;
 use cutie_codec::{LastWill, PacketId, QoS, TopicFilter};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+/// ahash with keys drawn once per process: a zero-sized hasher builder, so a map in
+/// every session costs its 32-byte table and not 32 more bytes of keys, while keys stay
+/// unknown to clients (filters are chosen by them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessRandom;
+
+impl BuildHasher for ProcessRandom {
+    type Hasher = ahash::AHasher;
+
+    fn build_hasher(&self) -> ahash::AHasher {
+        static KEYS: OnceLock<ahash::RandomState> = OnceLock::new();
+        KEYS.get_or_init(ahash::RandomState::new).build_hasher()
+    }
+}
+
+/// A map held by every session (see [`ProcessRandom`]).
+pub type SessionMap<K, V> = HashMap<K, V, ProcessRandom>;
 
 /// Index of a session in its shard's session table.
 pub type SessionKey = usize;
@@ -82,15 +101,15 @@ pub struct Session {
     /// The connection attached now, if the client is online.
     pub conn: Option<ConnId>,
     /// Subscriptions: filter -> granted QoS. Mirrors the shard trie's entries for this session.
-    pub subscriptions: AHashMap<TopicFilter, QoS>,
-    /// The will of the attached connection.
-    pub will: Option<LastWill>,
+    pub subscriptions: SessionMap<TopicFilter, QoS>,
+    /// The will of the attached connection (boxed: most clients have none).
+    pub will: Option<Box<LastWill>>,
     /// Outbound deliveries sent and not yet fully acknowledged, oldest first.
     pub inflight: VecDeque<Inflight>,
     /// Outbound deliveries waiting for the window (or for the client), oldest first.
     pub queue: VecDeque<Queued>,
     /// Inbound QoS 2 packet ids received (and routed), waiting for PUBREL.
-    pub inbound_qos2: AHashMap<PacketId, Inbound>,
+    pub inbound_qos2: SessionMap<PacketId, Inbound>,
     /// When the client last acknowledged an outbound delivery (PUBACK, PUBREC, PUBCOMP),
     /// or connected; tells a slow consumer (paced) from a dead one (dropped for).
     pub last_progress_ms: u64,
@@ -107,11 +126,11 @@ impl Session {
             client_id,
             clean_session,
             conn: None,
-            subscriptions: AHashMap::new(),
+            subscriptions: SessionMap::default(),
             will: None,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
-            inbound_qos2: AHashMap::new(),
+            inbound_qos2: SessionMap::default(),
             last_progress_ms: 0,
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!("1 is not 0")),
             next_message_id: 1,
