@@ -1498,6 +1498,12 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if !this.queues.borrow().active_executors.is_empty() {
+                        // cutie patch: nothing ran only because a preemption was
+                        // pending (the latency timer fired just now) while tasks are
+                        // runnable: go round again, the poll consumes it. Parking here
+                        // could sleep with runnable tasks and nothing left to wake us.
+                        continue;
                     } else if spin_before_park.is_zero() {
                         // cutie patch: no spinning: the park polls everything a spin
                         // round would and does not sleep if anything is ready.

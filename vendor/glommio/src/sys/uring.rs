@@ -1924,6 +1924,10 @@ impl Reactor {
             }
             && lat_ring.can_sleep();
 
+        // cutie patch: a kept latency timer may have fired since it was checked above
+        // (its completion consumed just now): it no longer counts as armed.
+        latency_kept = latency_kept.filter(|src| src.result().is_none());
+
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
@@ -1961,6 +1965,8 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
+            // cutie patch: as above, after the completions consumed since.
+            latency_kept = latency_kept.filter(|src| src.result().is_none());
             if latency_kept.is_none() {
                 latency_kept = Some(lat_ring.prepare_latency_preemption_timer(preempt));
                 flush_rings!(lat_ring, main_ring)?;
