@@ -21,11 +21,13 @@ mod broker;
 #[allow(dead_code)]
 #[path = "loopback/clients.rs"]
 mod clients;
+mod common;
 
 use broker::{wait_until, Broker, TIMEOUT};
 use clients::{mosquitto_pub, MosquittoSub, Mqtt};
+use common::Launch;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,15 +43,8 @@ fn start(shards: u16, env: &[(&str, &str)]) -> (Broker, SocketAddr) {
     ];
     all.extend_from_slice(env);
     let broker = Broker::start_with(shards, &all);
-    let admin = admin_addr(&broker.log_text()).expect("admin=ADDR in the listening line");
+    let admin = broker.admin_addr();
     (broker, admin)
-}
-
-/// The `admin=ADDR` of the `cutie is listening` line.
-fn admin_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("cutie is listening"))?;
-    let rest = &line[line.find(" admin=")? + " admin=".len()..];
-    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// `GET path`: the status and the body.
@@ -386,112 +381,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The real binary with its data directory on `data_dir` (the shared harness always
-/// uses a temporary directory). Killed on drop.
-struct OwnBroker {
-    child: Child,
-    mqtt: SocketAddr,
-    admin: SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl OwnBroker {
-    fn start(data_dir: &Path) -> OwnBroker {
-        let (mut broker, lines) = OwnBroker::spawn(data_dir, &[]);
-        broker.wait_listening(&lines);
-        broker
-    }
-
-    /// Starts the process; its log lines arrive on the receiver.
-    fn spawn(
-        data_dir: &Path,
-        env: &[(&str, &str)],
-    ) -> (OwnBroker, std::sync::mpsc::Receiver<String>) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--shards", "1", "--no-pin-cores", "--data-dir"])
-            .arg(data_dir)
-            .current_dir(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1");
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUTIE_") {
-                command.env_remove(key);
-            }
-        }
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().expect("start cutie");
-        let stderr = child.stderr.take().unwrap();
-        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
-        // Owned (and killed on drop) from here on, whatever happens below.
-        let broker = OwnBroker {
-            child,
-            mqtt: unknown,
-            admin: unknown,
-            log: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        {
-            let log = broker.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        (broker, rx)
-    }
-
-    /// The next log line, or a panic after [`TIMEOUT`].
-    fn next_line(&self, lines: &std::sync::mpsc::Receiver<String>) -> String {
-        lines
-            .recv_timeout(TIMEOUT)
-            .unwrap_or_else(|_| panic!("no log line: {:?}", self.log.lock().unwrap()))
-    }
-
-    /// Reads log lines up to `cutie is listening` and takes both addresses from it.
-    fn wait_listening(&mut self, lines: &std::sync::mpsc::Receiver<String>) {
-        loop {
-            let line = self.next_line(lines);
-            if line.contains("cutie is listening") {
-                self.mqtt = field(&line, " listen=");
-                self.admin = field(&line, " admin=");
-                return;
-            }
-        }
-    }
-
-    /// SIGTERM, and the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-/// The address after `key` in a log line.
-fn field(line: &str, key: &str) -> SocketAddr {
-    let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- broker log ---\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-        }
-    }
+/// The real binary with its admin endpoint on `--admin 127.0.0.1:0` and its data directory
+/// on `data_dir` (the loopback harness always uses a temporary directory). Killed on drop.
+fn own_broker(data_dir: &Path, env: &[(&str, &str)]) -> Launch {
+    Launch::new(data_dir)
+        .in_data_dir()
+        .admin()
+        .envs(env.iter().copied())
+        .timeout(TIMEOUT)
 }
 
 #[test]
@@ -499,15 +396,16 @@ fn readyz_turns_503_when_the_write_ahead_log_fails() {
     let Some(tmpfs) = Tmpfs::mount("4m") else {
         return;
     };
-    let broker = OwnBroker::start(tmpfs.path());
-    let (status, _) = get_json(broker.admin, "/readyz");
+    let broker = own_broker(tmpfs.path(), &[]).start();
+    let admin = broker.admin_addr();
+    let (status, _) = get_json(admin, "/readyz");
     assert_eq!(status, 200);
     // A persistent subscriber's deliveries are logged with their payloads: publish
     // 64 KiB messages at QoS 1 until the 4 MiB are full and a write fails. Once it has,
     // QoS 1 publishes are refused (the publisher is disconnected): mosquitto_pub's exit
     // status is not checked.
     let _sub = MosquittoSub::start(
-        broker.mqtt,
+        broker.addr,
         &["-t", "fill/#", "-q", "1", "-c", "-i", "filler"],
     );
     let payload = tempfile::NamedTempFile::new().unwrap();
@@ -515,12 +413,12 @@ fn readyz_turns_503_when_the_write_ahead_log_fails() {
     let deadline = Instant::now() + TIMEOUT * 3;
     let ready = loop {
         assert!(Instant::now() < deadline, "the log never failed");
-        let (status, ready) = get_json(broker.admin, "/readyz");
+        let (status, ready) = get_json(admin, "/readyz");
         if status == 503 {
             break ready;
         }
         let _ = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &broker.mqtt.port().to_string()])
+            .args(["-h", "127.0.0.1", "-p", &broker.addr.port().to_string()])
             .args(["-t", "fill/x", "-q", "1", "-f"])
             .arg(payload.path())
             .stdout(Stdio::null())
@@ -535,11 +433,11 @@ fn readyz_turns_503_when_the_write_ahead_log_fails() {
         "{ready}"
     );
     // Alive all the same: liveness does not restart a broker for a full disk.
-    let (status, health) = get_json(broker.admin, "/healthz");
+    let (status, health) = get_json(admin, "/healthz");
     assert_eq!(status, 200, "{health}");
     // The counters follow at the shard's next tick.
     wait_until("the failure in /metrics", || {
-        let text = scrape(broker.admin);
+        let text = scrape(admin);
         metric(&text, "cutie_wal_healthy", &[]) == 0.0
             && metric(&text, "cutie_wal_failures_total", &[]) >= 1.0
     });
@@ -556,10 +454,9 @@ fn readyz_is_503_while_the_log_is_recovered() {
     // 30,000 records and takes long enough to be seen from outside.
     let queue = [("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "100000")];
     {
-        let (mut broker, lines) = OwnBroker::spawn(data_dir.path(), &queue);
-        broker.wait_listening(&lines);
+        let broker = own_broker(data_dir.path(), &queue).start();
         drop(MosquittoSub::start(
-            broker.mqtt,
+            broker.addr,
             &[
                 "-t",
                 "queued/#",
@@ -572,14 +469,16 @@ fn readyz_is_503_while_the_log_is_recovered() {
         ));
         let line = "y".repeat(512);
         let input: String = (0..30_000).map(|_| format!("{line}\n")).collect();
-        clients::mosquitto_pub_stdin(broker.mqtt, &["-t", "queued/x", "-q", "1", "-l"], &input);
-        assert!(broker.terminate().success());
+        clients::mosquitto_pub_stdin(broker.addr, &["-t", "queued/x", "-q", "1", "-l"], &input);
+        broker.stop();
     }
-    let (mut broker, lines) = OwnBroker::spawn(data_dir.path(), &queue);
-    let admin = loop {
-        let line = broker.next_line(&lines);
+    let mut broker = own_broker(data_dir.path(), &queue).spawn();
+    let admin: SocketAddr = loop {
+        let line = broker.next_line();
         if line.contains("admin endpoint listening") {
-            break field(&line, " admin=");
+            break common::field(&line, "admin")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("admin=ADDR in {line}"));
         }
     };
     let mut seen = Vec::new();
@@ -592,7 +491,7 @@ fn readyz_is_503_while_the_log_is_recovered() {
         }
         assert!(seen.len() < 100_000, "never ready: {:?}", seen.last());
     }
-    broker.wait_listening(&lines);
+    broker.wait_listening();
     let (starting, ready): (Vec<_>, Vec<_>) = seen.iter().partition(|(status, ..)| *status == 503);
     assert!(
         !starting.is_empty(),

@@ -7,15 +7,15 @@
 
 mod common;
 
-use common::{Broker, Client};
+use common::{Client, Launch};
 use cutie_codec::QoS;
 
 #[test]
 fn compaction_under_load_keeps_every_queued_message() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let env = [("CUTIE_PERSISTENCE__WAL_MAX_BYTES", "65536")];
-    let broker = Broker::start_env(&data_dir, 1, &env);
+    let launch = || Launch::new(&data_dir).env("CUTIE_PERSISTENCE__WAL_MAX_BYTES", "65536");
+    let broker = launch().start();
     {
         let (mut sub, _) = Client::connect(broker.addr, "compact-sub", false);
         sub.subscribe("c/#", QoS::AtLeastOnce);
@@ -50,7 +50,7 @@ fn compaction_under_load_keeps_every_queued_message() {
         "segments were not deleted: {segment_bytes} bytes"
     );
 
-    let broker = Broker::start_env(&data_dir, 1, &env);
+    let broker = launch().start();
     let (mut sub, present) = Client::connect(broker.addr, "compact-sub", false);
     assert!(present);
     let got = sub.receive(MESSAGES);

@@ -29,8 +29,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::BytesMut;
 use bytestring::ByteString;
+use common::Launch;
 use cutie_codec::{
     Connect, Decoder, Packet, PacketId, ProtocolLevel, PublishQos, QoS, Subscribe, SubscribeFilter,
     TopicFilter,
@@ -43,7 +46,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -60,53 +63,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the broker; returns it and a receiver that gets `()` when it logs that it
-/// listens.
-fn start_broker(
-    addr: SocketAddr,
-    data_dir: &Path,
-    log: &Arc<Mutex<Vec<String>>>,
-) -> (Child, mpsc::Receiver<()>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
-    command
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--no-pin-cores",
-            "--shards",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
+/// The broker on `addr` and `data_dir`, its log appended to `log`. Killed (SIGKILL) when
+/// dropped, so a failing test does not leave one behind.
+fn launch(addr: SocketAddr, data_dir: &Path, log: &Arc<Mutex<Vec<String>>>) -> Launch {
+    Launch::new(data_dir)
+        .listen(addr)
+        .shards(2)
+        .in_data_dir()
         .args(["--log-level", "info"])
-        .current_dir(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CUTIE_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("NO_COLOR", "1")
-        .env("CUTIE_ADMIN__ENABLED", "false")
         // Offline persistent sessions must not drop what they are owed.
-        .env("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "1000000");
-    let mut child = command.spawn().expect("start cutie");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let log = log.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("cutie is listening") {
-                let _ = tx.send(());
-            }
-            log.lock().unwrap().push(line);
-        }
-    });
-    (child, rx)
+        .env("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "1000000")
+        .log_into(log)
 }
 
 /// Kills a helper process when the test ends, failing or not.
@@ -117,25 +84,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// SIGKILLs the pid it holds when dropped (a failing test must not leave a broker).
-struct BrokerGuard(Arc<Mutex<u32>>);
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let pid = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pid != 0 {
-            // SAFETY: kill(2); at worst the pid is already gone.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn kill(child: &mut Child) {
-    // SAFETY: plain kill(2) on our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
 }
 
 // ----- the publishers (rumqttc) ------------------------------------------------------------
@@ -485,20 +433,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let data_dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let wait_listening = |rx: &mpsc::Receiver<()>, log: &Arc<Mutex<Vec<String>>>| {
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!(
-                "the broker did not start; log:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        }
-    };
 
     // Whatever happens, the broker running last is killed when the test ends.
-    let current = BrokerGuard(Arc::new(Mutex::new(0)));
-    let (mut broker, rx) = start_broker(addr, data_dir.path(), &log);
-    *current.0.lock().unwrap() = broker.id();
-    wait_listening(&rx, &log);
+    let mut broker = launch(addr, data_dir.path(), &log).start();
 
     let stop_subs = Arc::new(AtomicBool::new(false));
     let exact = Arc::new(Mutex::new(Received::default()));
@@ -553,18 +490,15 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut recovery_crashes = 0;
     for round in 0..ROUNDS {
         thread::sleep(Duration::from_millis(rng.gen_range(150..600)));
-        kill(&mut broker);
+        broker.kill();
         if round % 5 == 4 {
             // Killed during recovery, then recovered again.
-            let (mut early, _rx) = start_broker(addr, data_dir.path(), &log);
+            let mut early = launch(addr, data_dir.path(), &log).spawn();
             thread::sleep(Duration::from_millis(rng.gen_range(0..25)));
-            kill(&mut early);
+            early.kill();
             recovery_crashes += 1;
         }
-        let (next, rx) = start_broker(addr, data_dir.path(), &log);
-        broker = next;
-        *current.0.lock().unwrap() = broker.id();
-        wait_listening(&rx, &log);
+        broker = launch(addr, data_dir.path(), &log).start();
     }
 
     // Let everything drain on a broker that stays up.
@@ -676,5 +610,5 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     stop_subs.store(true, Ordering::Relaxed);
     drop(mosquitto_sub);
     exact_thread.join().unwrap();
-    kill(&mut broker);
+    broker.kill();
 }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Broker, Client};
+use common::{Client, Launch};
 use cutie_codec::{Packet, PacketId, PublishQos, QoS, Subscribe, SubscribeFilter, TopicFilter};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -60,7 +60,7 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
     let filler = mount_point.join("filler");
     std::fs::write(&filler, vec![0u8; 3400 * 1024]).unwrap();
 
-    let broker = Broker::start(&data_dir);
+    let broker = Launch::new(&data_dir).start();
     // A persistent subscriber that goes offline: everything published to it is logged.
     {
         let (mut sub, _) = Client::connect(broker.addr, "fd-sub", false);
@@ -142,7 +142,7 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
     broker.stop();
 
     // After a restart the persistent subscriber gets every acknowledged message.
-    let broker = Broker::start(&data_dir);
+    let broker = Launch::new(&data_dir).start();
     let (mut sub, present) = Client::connect(broker.addr, "fd-sub", false);
     assert!(present, "the persistent session survived");
     let mut received = BTreeSet::new();

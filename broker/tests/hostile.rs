@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Broker, Client};
+use common::{Client, Launch};
 use cutie_codec::{
     Connect, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe, SubscribeFilter,
     TopicFilter, TopicName,
@@ -112,17 +112,14 @@ fn attack_bytes(rng: &mut impl Rng) -> Vec<u8> {
 #[test]
 fn hostile_connections_do_not_hurt_real_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_env(
-        &dir.path().join("data"),
-        2,
-        &[
-            ("CUTIE_LIMITS__CONNECT_TIMEOUT_SECS", "3"),
-            ("CUTIE_LIMITS__BAN_THRESHOLD", "5"),
-            ("CUTIE_LIMITS__MAX_PACKET_SIZE", "65536"),
-            // The real subscriber is offline during the attack: keep all it is owed.
-            ("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "1000000"),
-        ],
-    );
+    let broker = Launch::new(dir.path().join("data"))
+        .shards(2)
+        .env("CUTIE_LIMITS__CONNECT_TIMEOUT_SECS", "3")
+        .env("CUTIE_LIMITS__BAN_THRESHOLD", "5")
+        .env("CUTIE_LIMITS__MAX_PACKET_SIZE", "65536")
+        // The real subscriber is offline during the attack: keep all it is owed.
+        .env("CUTIE_LIMITS__MAX_QUEUED_MESSAGES", "1000000")
+        .start();
     let addr = broker.addr;
     let pid = broker.pid();
 

@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::{Broker, Client};
+use common::{Client, Launch};
 use cutie_codec::QoS;
-use std::process::Command;
 
 #[test]
 fn a_corrupt_log_stops_the_start_until_the_operator_says_skip() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let broker = Broker::start(&data_dir);
+    let broker = Launch::new(&data_dir).start();
     {
         let (mut sub, _) = Client::connect(broker.addr, "rec-sub", false);
         sub.subscribe("rec/#", QoS::AtLeastOnce);
@@ -38,18 +37,7 @@ fn a_corrupt_log_stops_the_start_until_the_operator_says_skip() {
     bytes[middle] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
 
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cutie"))
-            .args(["--listen", "127.0.0.1:0", "--no-pin-cores", "--shards", "1"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra)
-            .env("CUTIE_ADMIN__ENABLED", "false")
-            .env_remove("CUTIE_CONFIG")
-            .output()
-            .unwrap()
-    };
-    let refused = run(&[]);
+    let refused = Launch::new(&data_dir).output();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(3), "{stderr}");
     let name = segment.file_name().unwrap().to_string_lossy().into_owned();
@@ -68,7 +56,7 @@ fn a_corrupt_log_stops_the_start_until_the_operator_says_skip() {
     );
 
     // The operator accepts the loss: the broker starts, the damaged file is kept aside.
-    let broker = Broker::start_args(&data_dir, &["--recover-skip-corrupt"]);
+    let broker = Launch::new(&data_dir).arg("--recover-skip-corrupt").start();
     let kept: Vec<String> = std::fs::read_dir(&shard_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Broker, Client};
+use common::{Broker, Client, Launch};
 use cutie_codec::QoS;
 use std::collections::BTreeSet;
 
@@ -55,7 +55,7 @@ fn changing_the_number_of_shards_keeps_sessions_queues_and_retained_messages() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
 
-    let broker = Broker::start_with(&data_dir, 4);
+    let broker = Launch::new(&data_dir).shards(4).start();
     for i in 0..CLIENTS {
         let (mut client, present) = Client::connect(broker.addr, &id(i), false);
         assert!(!present);
@@ -65,7 +65,7 @@ fn changing_the_number_of_shards_keeps_sessions_queues_and_retained_messages() {
     broker.stop();
 
     for (round, shards) in [(0, 3), (1, 1), (2, 5)] {
-        let broker = Broker::start_with(&data_dir, shards);
+        let broker = Launch::new(&data_dir).shards(shards).start();
         check_round(&broker, round);
         assert!(
             broker.logged("moved sessions and retained messages"),
@@ -74,7 +74,7 @@ fn changing_the_number_of_shards_keeps_sessions_queues_and_retained_messages() {
         publish_round(&broker, round + 1);
         broker.stop();
     }
-    let broker = Broker::start_with(&data_dir, 5);
+    let broker = Launch::new(&data_dir).shards(5).start();
     check_round(&broker, 3);
     broker.stop();
 }

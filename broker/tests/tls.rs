@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::Launch;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -21,7 +24,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -112,14 +115,11 @@ impl Authority {
     }
 }
 
-/// A running `cutie` with a TLS listener.
+/// A running `cutie` with a TLS listener, and its two addresses.
 struct Broker {
-    child: Child,
+    cutie: common::Broker,
     tcp: SocketAddr,
     tls: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    stopped: bool,
-    _data_dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -131,133 +131,39 @@ impl Broker {
 
     /// [`Broker::start`] with `shards` shards.
     fn start_with(server: &Pem, env: &[(&str, &Path)], shards: u16) -> Broker {
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--no-pin-cores"])
-            .args(["--shards", &shards.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .current_dir(data_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUTIE_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .env("NO_COLOR", "1")
-            .env("CUTIE_ADMIN__ENABLED", "false")
+        let cutie = Launch::temp()
+            .shards(shards)
             .env("CUTIE_SYS_INTERVAL_SECS", "0")
             .env("CUTIE_LISTENER__TLS", "127.0.0.1:0")
             .env("CUTIE_TLS__CERT_FILE", &server.cert)
-            .env("CUTIE_TLS__KEY_FILE", &server.key);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("cutie is listening") {
-                        let _ = tx.send(line.clone());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let line = match rx.recv_timeout(TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cutie did not start:\n{}", log.lock().unwrap().join("\n"));
-            }
-        };
+            .env("CUTIE_TLS__KEY_FILE", &server.key)
+            .envs(env.iter().copied())
+            .timeout(TIMEOUT)
+            .start();
         Broker {
-            child,
-            tcp: field(&line, "listen").parse().unwrap(),
-            tls: field(&line, "tls").parse().unwrap(),
-            log,
-            stopped: false,
-            _data_dir: data_dir,
+            tcp: cutie.addr,
+            tls: cutie.tls_addr(),
+            cutie,
         }
-    }
-
-    fn logged(&self, text: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(text))
-            .count()
-    }
-
-    /// Sends `signal` to the broker.
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(pid, signal) };
     }
 
     /// SIGHUP, then waits until the log has one more line containing `outcome`.
     fn reload(&self, outcome: &str) {
-        let before = self.logged(outcome);
-        self.signal(libc::SIGHUP);
+        let before = self.cutie.logged_count(outcome);
+        self.cutie.signal(libc::SIGHUP);
         wait_until(&format!("log line {outcome:?}"), || {
-            self.logged(outcome) > before
+            self.cutie.logged_count(outcome) > before
         });
-    }
-
-    fn assert_running(&mut self) {
-        let status = self.child.try_wait().unwrap();
-        assert!(
-            status.is_none(),
-            "the broker died: {status:?}\n{}",
-            self.log_text()
-        );
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
     }
 
     /// SIGTERM and a clean exit.
     fn stop(mut self) {
-        self.stopped = true;
-        self.signal(libc::SIGTERM);
-        let status = wait_child(&mut self.child, "cutie");
-        assert!(status.success(), "{status:?}\n{}", self.log_text());
+        let status = self
+            .cutie
+            .terminate_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("cutie did not exit within {TIMEOUT:?}"));
+        assert!(status.success(), "{status:?}\n{}", self.cutie.log_text());
     }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("--- broker log ---\n{}\n--- end ---", self.log_text());
-        }
-        if !self.stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The value of `name=` in a log line.
-fn field(line: &str, name: &str) -> String {
-    let key = format!(" {name}=");
-    let start = line.find(&key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -617,7 +523,7 @@ fn a_plain_tcp_client_on_the_tls_port_fails_cleanly_and_the_broker_stays_up() {
     ));
 
     // The broker is up, and TLS and TCP clients still get through.
-    broker.assert_running();
+    broker.cutie.assert_running();
     assert!(publish(
         &tls_args(broker.tls, &ca.ca_file(), None),
         "after",
@@ -1026,7 +932,7 @@ fn measure(
     });
     let payload = bytes::Bytes::from(vec![0x5a; payload_bytes]);
     let topic = cutie_codec::TopicName::new("measure/t").unwrap();
-    let cpu_before = cpu_time(broker.child.id());
+    let cpu_before = cpu_time(broker.cutie.pid());
     let started = Instant::now();
     let mut sent = 0;
     while sent < messages {
@@ -1058,7 +964,7 @@ fn measure(
     }
     receiver.join().unwrap();
     let elapsed = started.elapsed();
-    let cpu = cpu_time(broker.child.id()).saturating_sub(cpu_before);
+    let cpu = cpu_time(broker.cutie.pid()).saturating_sub(cpu_before);
     (f64::from(messages) / elapsed.as_secs_f64(), cpu / messages)
 }
 

@@ -1,5 +1,6 @@
-//! Shared by the integration tests that restart the real broker on one data directory:
-//! a broker process and a minimal, exact MQTT 3.1.1 client over a blocking socket.
+//! Shared by the integration tests: the real `cutie` binary as a child process
+//! ([`Launch`] starts a [`Broker`]) and a minimal, exact MQTT 3.1.1 client over a blocking
+//! socket ([`Client`]).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -9,102 +10,296 @@ use cutie_codec::{
     Connect, Decoder, Packet, PacketId, ProtocolLevel, Publish, PublishQos, QoS, Subscribe,
     SubscribeFilter, TopicFilter, TopicName,
 };
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
-pub struct Broker {
-    child: Child,
-    pub addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+/// How long [`Broker::wait_listening`] waits unless [`Launch::timeout`] says otherwise.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Poll interval while waiting for the process to exit.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How to start `cutie`: `--listen 127.0.0.1:0 --no-pin-cores --shards 1 --data-dir DIR`
+/// by default, without any `CUTIE_*` variable of the test's own environment, with
+/// `NO_COLOR=1` and `CUTIE_ADMIN__ENABLED=false` (parallel brokers must not fight over the
+/// admin endpoint's fixed port), then whatever the options add.
+#[derive(Debug)]
+pub struct Launch {
+    data_dir: PathBuf,
+    /// Owns `data_dir` when it is temporary: handed to the [`Broker`], removed after it.
+    temp: Option<tempfile::TempDir>,
+    in_data_dir: bool,
+    listen: SocketAddr,
+    shards: u16,
+    admin: bool,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    timeout: Duration,
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Broker {
-    /// Starts `cutie` with one shard on `data_dir`.
-    pub fn start(data_dir: &Path) -> Broker {
-        Broker::start_with(data_dir, 1)
-    }
-
-    /// Starts `cutie` with `shards` shards on `data_dir`, waiting until it listens.
-    pub fn start_with(data_dir: &Path, shards: u16) -> Broker {
-        Broker::start_env(data_dir, shards, &[])
-    }
-
-    /// One shard, with extra command-line arguments.
-    pub fn start_args(data_dir: &Path, args: &[&str]) -> Broker {
-        Broker::launch(data_dir, 1, &[], args)
+impl Launch {
+    /// `cutie` on `data_dir`, which it creates if needed.
+    pub fn new(data_dir: impl AsRef<Path>) -> Launch {
+        Launch {
+            data_dir: data_dir.as_ref().to_owned(),
+            temp: None,
+            in_data_dir: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shards: 1,
+            admin: false,
+            args: Vec::new(),
+            env: Vec::new(),
+            timeout: START_TIMEOUT,
+            log: None,
+        }
     }
 
-    /// [`Broker::start_with`], with extra `CUTIE_*` environment variables.
-    pub fn start_env(data_dir: &Path, shards: u16, env: &[(&str, &str)]) -> Broker {
-        Broker::launch(data_dir, shards, env, &[])
+    /// `cutie` on a fresh temporary data directory, run [`Launch::in_data_dir`]; the
+    /// directory is removed once the process is gone.
+    pub fn temp() -> Launch {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let mut launch = Launch::new(dir.path()).in_data_dir();
+        launch.temp = Some(dir);
+        launch
     }
 
-    fn launch(data_dir: &Path, shards: u16, env: &[(&str, &str)], args: &[&str]) -> Broker {
+    /// Runs the process in its data directory, so that no `./cutie.toml` is picked up from
+    /// wherever the tests were started. The directory must exist.
+    pub fn in_data_dir(mut self) -> Launch {
+        self.in_data_dir = true;
+        self
+    }
+
+    /// `--listen addr` instead of `127.0.0.1:0`.
+    pub fn listen(mut self, addr: SocketAddr) -> Launch {
+        self.listen = addr;
+        self
+    }
+
+    /// `--shards n` (default 1).
+    pub fn shards(mut self, n: u16) -> Launch {
+        self.shards = n;
+        self
+    }
+
+    /// The admin endpoint on `--admin 127.0.0.1:0` (enabled: no `CUTIE_ADMIN__ENABLED`).
+    pub fn admin(mut self) -> Launch {
+        self.admin = true;
+        self
+    }
+
+    /// One more command-line argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Launch {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// More command-line arguments.
+    pub fn args<A: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = A>) -> Launch {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// An environment variable, e.g. `("CUTIE_LIMITS__CONNECT_TIMEOUT_SECS", "1")`; set
+    /// after the defaults, so it can override them. The broker refuses unknown `CUTIE_*`
+    /// variables.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// More environment variables, as [`Launch::env`].
+    pub fn envs<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Launch {
+        for (key, value) in vars {
+            self = self.env(key, value);
+        }
+        self
+    }
+
+    /// How long to wait for a log line ([`Broker::wait_listening`] in all, or
+    /// [`Broker::next_line`]); default [`START_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Launch {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Appends the log to `log` (shared by several runs) instead of a log of its own. The
+    /// caller owns it: it is not printed when the test fails.
+    pub fn log_into(mut self, log: &Arc<Mutex<Vec<String>>>) -> Launch {
+        self.log = Some(log.clone());
+        self
+    }
+
+    /// The command line and environment.
+    fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
         command
-            .args(["--listen", "127.0.0.1:0", "--no-pin-cores"])
-            .args(["--shards", &shards.to_string()])
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--no-pin-cores")
+            .args(["--shards", &self.shards.to_string()])
             .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .stdin(Stdio::null());
+        if self.in_data_dir {
+            command.current_dir(&self.data_dir);
+        }
+        // Only this test's configuration: nothing from the developer's environment.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CUTIE_") {
                 command.env_remove(key);
             }
         }
-        command
-            .env("NO_COLOR", "1")
-            .env("CUTIE_ADMIN__ENABLED", "false");
-        for (key, value) in env {
-            command.env(key, value);
+        command.env("NO_COLOR", "1");
+        if self.admin {
+            command.args(["--admin", "127.0.0.1:0"]);
+        } else {
+            command.env("CUTIE_ADMIN__ENABLED", "false");
         }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs `cutie` to its end (one that is expected to refuse to start).
+    pub fn output(self) -> Output {
+        self.command().output().expect("run the cutie binary")
+    }
+
+    /// Starts `cutie` and waits until it listens ([`Broker::wait_listening`]).
+    pub fn start(self) -> Broker {
+        let mut broker = self.spawn();
+        broker.wait_listening();
+        broker
+    }
+
+    /// Starts `cutie` without waiting: its log lines come from [`Broker::next_line`] until
+    /// [`Broker::wait_listening`].
+    pub fn spawn(self) -> Broker {
+        let mut child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the cutie binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let print_log = self.log.is_none();
+        let log = self.log.unwrap_or_default();
+        let (line_tx, line_rx) = mpsc::channel::<String>();
         {
             let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listen=").nth(1) {
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                        let _ = tx.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    log.lock().expect("log lock").push(line.clone());
+                    // Nobody receives once the broker listens; keep recording.
+                    let _ = line_tx.send(line);
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("broker did not start: {:?}", log.lock().unwrap()))
-            .parse()
-            .unwrap();
-        Broker { child, addr, log }
+        Broker {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
+            tls: None,
+            shards: self.shards,
+            log,
+            print_log,
+            lines: Some(Mutex::new(line_rx)),
+            timeout: self.timeout,
+            _data_dir: self.temp,
+        }
+    }
+}
+
+/// A running `cutie` process. Killed (SIGKILL) when dropped; its log is printed then if
+/// the test is failing.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    /// Where MQTT clients connect (`listen=` of `cutie is listening`), once
+    /// [`Broker::wait_listening`] returned.
+    pub addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    shards: u16,
+    /// Every line the broker wrote to stderr (ANSI colours stripped).
+    log: Arc<Mutex<Vec<String>>>,
+    print_log: bool,
+    /// The log lines not yet read, until the broker listens (in a mutex only to make
+    /// `Broker` `Sync`).
+    lines: Option<Mutex<mpsc::Receiver<String>>>,
+    timeout: Duration,
+    /// Removed after the process is gone (fields drop after `Drop::drop` runs).
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Reads log lines up to `cutie is listening` and takes the addresses from it; kills
+    /// the process and panics if that does not come within the launch's timeout.
+    pub fn wait_listening(&mut self) {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let line = self.line_before(deadline, "`cutie is listening`");
+            if line.contains("cutie is listening") {
+                let addr = |name| field(&line, name).and_then(|a| a.parse().ok());
+                self.addr = addr("listen").unwrap_or_else(|| panic!("no listen=ADDR in {line:?}"));
+                self.admin = addr("admin");
+                self.tls = addr("tls");
+                self.lines = None;
+                return;
+            }
+        }
     }
 
-    /// The log lines so far.
-    pub fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+    /// The next log line before the broker listens; kills the process and panics if none
+    /// comes within the launch's timeout.
+    pub fn next_line(&mut self) -> String {
+        self.line_before(Instant::now() + self.timeout, "another line")
     }
 
-    /// Whether a log line contains `text`.
-    pub fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    fn line_before(&mut self, deadline: Instant, what: &str) -> String {
+        let lines = self
+            .lines
+            .as_mut()
+            .expect("log lines are read until the broker listens")
+            .get_mut()
+            .expect("lines lock");
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill();
+                let status = self.child.wait();
+                panic!(
+                    "cutie did not log {what} within {:?} (exit: {status:?}); log:\n{}",
+                    self.timeout,
+                    self.log_text()
+                );
+            }
+        }
+    }
+
+    /// The admin endpoint's address (`admin=` of `cutie is listening`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("admin=ADDR in the listening line")
+    }
+
+    /// The TLS listener's address (`tls=` of `cutie is listening`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.expect("tls=ADDR in the listening line")
     }
 
     /// The process id.
@@ -112,13 +307,120 @@ impl Broker {
         self.child.id()
     }
 
-    /// SIGTERM, and a clean exit.
-    pub fn stop(mut self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
+    /// The log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
+
+    /// Everything the broker logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Whether a log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logged_count(text) > 0
+    }
+
+    /// How many log lines contain `text`.
+    pub fn logged_count(&self, text: &str) -> usize {
+        let log = self.log.lock().expect("log lock");
+        log.iter().filter(|l| l.contains(text)).count()
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self) {
+        let status = self.child.try_wait().expect("query the broker process");
+        assert!(
+            status.is_none(),
+            "the broker died ({status:?}); log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Sends `signal` to the running broker.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child. Callers signal a broker they have not waited
+        // for, so it has not been reaped and the pid cannot have been reused.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// SIGTERM, and a clean exit (waited for without a bound).
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("wait for the broker");
+        assert!(
+            status.success(),
+            "the broker exited with {status} after SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// SIGTERM unless it has exited already, then waits up to `timeout` for the exit
+    /// status; after that SIGKILL and `None`.
+    pub fn terminate_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.child.try_wait().expect("query the broker process") {
+            return Some(status);
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the broker") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if self.print_log && thread::panicking() {
+            eprintln!(
+                "--- broker log ({} shard(s), {}) ---\n{}\n--- end of broker log ---",
+                self.shards,
+                self.addr,
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// The value of ` name=` in a log line.
+pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let rest = &line[line.find(&key)? + key.len()..];
+    rest.split_whitespace().next()
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`), in case colours are on.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A minimal MQTT 3.1.1 client over a blocking socket.

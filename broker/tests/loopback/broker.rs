@@ -1,16 +1,15 @@
 //! The broker under test: the real `cutie` binary as a child process.
 //!
 //! [`Broker::start`] runs it on `127.0.0.1:0` with a fresh temporary data directory and
-//! waits for the `cutie is listening` log line, which carries the port every shard shares.
-//! Dropping a [`Broker`] sends SIGTERM and asserts that it exits 0 within [`TIMEOUT`], so
-//! every test also checks a clean shutdown. When the test is already failing, the
-//! broker's log is printed instead.
+//! waits for the `cutie is listening` log line, which carries the port every shard shares
+//! (the shared [`Launch`]). Dropping a [`Broker`] sends SIGTERM and asserts that it exits
+//! 0 within [`TIMEOUT`], so every test also checks a clean shutdown. When the test is
+//! already failing, the broker's log is printed instead.
 
-use std::io::{BufRead, BufReader};
+use crate::common::{self, Launch};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::process::ExitStatus;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -122,15 +121,9 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// A running `cutie` process.
 #[derive(Debug)]
 pub struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    shards: u16,
-    /// Every line the broker wrote to stderr (ANSI colours stripped), for failure reports.
-    log: Arc<Mutex<Vec<String>>>,
-    /// Set once the process has been reaped; the drop check then has nothing to do.
-    exit_status: Option<ExitStatus>,
-    /// Removed after the process is gone (fields drop after `Drop::drop` runs).
-    _data_dir: tempfile::TempDir,
+    cutie: common::Broker,
+    /// [`Broker::terminate`] was called: the drop check then has nothing to do.
+    terminated: bool,
     /// Its share of the machine; `None` under [`Exclusive::start`]. Released after
     /// the process is gone.
     _hold: Option<SharedHold>,
@@ -150,100 +143,39 @@ impl Broker {
     }
 
     fn launch(shards: u16, env: &[(&str, &str)], hold: Option<SharedHold>) -> Broker {
-        let data_dir = tempfile::tempdir().expect("create a temporary data directory");
         let log_level = std::env::var("CUTIE_IT_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--no-pin-cores"])
-            .args(["--shards", &shards.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
+        let cutie = Launch::temp()
+            .shards(shards)
             .args(["--log-level", &log_level])
-            // No ./cutie.toml from wherever the tests were started.
-            .current_dir(data_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // Only this test's configuration: nothing from the developer's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUTIE_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .env("NO_COLOR", "1")
-            // Parallel brokers must not fight over the admin endpoint's fixed port.
-            .env("CUTIE_ADMIN__ENABLED", "false");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start the cutie binary");
-
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (line_tx, line_rx) = mpsc::channel::<String>();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    log.lock().expect("log lock").push(line.clone());
-                    // The receiver is gone once the address is known; keep recording.
-                    let _ = line_tx.send(line);
-                }
-            });
-        }
-
-        let deadline = Instant::now() + TIMEOUT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match line_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = listening_addr(&line) {
-                        break addr;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait();
-                    panic!(
-                        "cutie did not log `cutie is listening` within {TIMEOUT:?} \
-                         (exit: {status:?}); log:\n{}",
-                        log.lock().expect("log lock").join("\n")
-                    );
-                }
-            }
-        };
+            .envs(env.iter().copied())
+            .timeout(TIMEOUT)
+            .start();
         Broker {
-            child,
-            addr,
-            shards,
-            log,
-            exit_status: None,
-            _data_dir: data_dir,
+            cutie,
+            terminated: false,
             _hold: hold,
         }
     }
 
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.cutie.addr
+    }
+
+    /// The admin endpoint, when the environment enabled it.
+    #[allow(dead_code)] // tests/admin.rs
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.cutie.admin_addr()
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.cutie.pid()
     }
 
     /// Panics if the process has exited.
     pub fn assert_running(&mut self) {
-        let status = self.child.try_wait().expect("query the broker process");
-        assert!(
-            status.is_none(),
-            "the broker died ({status:?}); log:\n{}",
-            self.log_text()
-        );
+        self.cutie.assert_running();
     }
 
     /// Resident memory of the process now, from `/proc/<pid>/status` (`VmRSS`).
@@ -261,7 +193,8 @@ impl Broker {
     /// Sends SIGTERM and waits for the process to exit; panics if it does not within
     /// [`TIMEOUT`].
     pub fn terminate(&mut self) -> ExitStatus {
-        match self.stop() {
+        self.terminated = true;
+        match self.cutie.terminate_within(TIMEOUT) {
             Some(status) => status,
             None => panic!(
                 "the broker did not exit within {TIMEOUT:?} of SIGTERM; log:\n{}",
@@ -272,52 +205,15 @@ impl Broker {
 
     /// Everything the broker logged so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-
-    /// SIGTERM, then wait; SIGKILL and `None` if it does not exit in time.
-    fn stop(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.exit_status {
-            return Some(status);
-        }
-        if let Some(status) = self.child.try_wait().expect("query the broker process") {
-            self.exit_status = Some(status);
-            return Some(status);
-        }
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child, which has not been reaped (try_wait above),
-        // so the pid cannot have been reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the broker") {
-                self.exit_status = Some(status);
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
+        self.cutie.log_text()
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let already_stopped = self.exit_status.is_some();
-        let status = self.stop();
-        if thread::panicking() {
-            eprintln!(
-                "--- broker log ({} shard(s), {}) ---\n{}\n--- end of broker log ---",
-                self.shards,
-                self.addr,
-                self.log_text()
-            );
-            return;
-        }
-        if already_stopped {
+        let status = self.cutie.terminate_within(TIMEOUT);
+        // A failing test: the broker's log is printed when `cutie` drops.
+        if thread::panicking() || self.terminated {
             return;
         }
         match status {
@@ -332,35 +228,4 @@ impl Drop for Broker {
             ),
         }
     }
-}
-
-/// The address in a `cutie is listening ... listen=127.0.0.1:PORT ...` line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("cutie is listening") {
-        return None;
-    }
-    let rest = &line[line.find("listen=")? + "listen=".len()..];
-    let addr = rest.split_whitespace().next()?;
-    Some(
-        addr.parse()
-            .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}")),
-    )
-}
-
-/// `line` without ANSI escape sequences (`ESC [ ... letter`), in case colours are on.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

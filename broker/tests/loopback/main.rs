@@ -44,6 +44,8 @@ macro_rules! shard_tests {
 
 mod broker;
 mod clients;
+#[path = "../common/mod.rs"]
+mod common;
 mod raw;
 
 mod access;
