@@ -306,6 +306,14 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // cutie patch: the notifier's half of the sleep protocol (Dekker): the caller's
+        // write of the channel or waker queue must be visible before `should_notify` is
+        // read, as the sleeper's `prepare_to_sleep` store is fenced before it reads the
+        // channels. Upstream had the sleeper's process-wide membarrier order this side
+        // for free. On x86-64 the locked compare-exchange below is already a full
+        // barrier; the fence makes it hold on every architecture (ARM's acquire load of
+        // the exchange may otherwise pass an earlier plain store).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
