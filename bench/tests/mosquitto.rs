@@ -59,28 +59,46 @@ fn start_mosquitto() -> (Broker, SocketAddr) {
     (broker, addr)
 }
 
-#[test]
-fn fan_in_against_mosquitto_loses_nothing() {
-    let (broker, addr) = start_mosquitto();
-    let config = RunConfig {
+/// A short QoS 1 open-loop run against `addr`: 64-byte payloads at `rate_per_sec`,
+/// 0.2 s warm-up, 1 s measured, up to 2 s drain, two client threads.
+fn qos1_run(
+    addr: SocketAddr,
+    scenario: Scenario,
+    rate_per_sec: u64,
+    persistent_sessions: PersistentSessions,
+    broker_pid: Option<u32>,
+) -> RunConfig {
+    RunConfig {
         target_name: "mosquitto".into(),
         target_addr: addr.to_string(),
         connect: ConnectOptions::default(),
         workload: Workload::Messages(MessageConfig {
-            scenario: Scenario::FanIn { publishers: 4 },
+            scenario,
             qos: QoS::AtLeastOnce,
             payload_bytes: 64,
-            rate_per_sec: Some(2000),
+            rate_per_sec: Some(rate_per_sec),
             inflight_max: 100,
             warmup: Duration::from_millis(200),
             duration: Duration::from_secs(1),
             drain: Duration::from_secs(2),
             threads: 2,
             topic_prefix: None,
-            persistent_sessions: PersistentSessions::None,
+            persistent_sessions,
         }),
-        broker_pid: Some(broker.0.id()),
-    };
+        broker_pid,
+    }
+}
+
+#[test]
+fn fan_in_against_mosquitto_loses_nothing() {
+    let (broker, addr) = start_mosquitto();
+    let config = qos1_run(
+        addr,
+        Scenario::FanIn { publishers: 4 },
+        2000,
+        PersistentSessions::None,
+        Some(broker.0.id()),
+    );
     let report = cutie_bench::run(&config, &mut NoObserver).expect("run completes");
     let m = report.messages.as_ref().expect("message report");
     assert_eq!(m.sent, 2400, "{report}");
@@ -97,25 +115,13 @@ fn fan_in_against_mosquitto_loses_nothing() {
 #[test]
 fn p2p_with_persistent_subscribers_against_mosquitto_loses_nothing_and_cleans_up() {
     let (broker, addr) = start_mosquitto();
-    let config = RunConfig {
-        target_name: "mosquitto".into(),
-        target_addr: addr.to_string(),
-        connect: ConnectOptions::default(),
-        workload: Workload::Messages(MessageConfig {
-            scenario: Scenario::PointToPoint { pairs: 3 },
-            qos: QoS::AtLeastOnce,
-            payload_bytes: 64,
-            rate_per_sec: Some(1500),
-            inflight_max: 100,
-            warmup: Duration::from_millis(200),
-            duration: Duration::from_secs(1),
-            drain: Duration::from_secs(2),
-            threads: 2,
-            topic_prefix: None,
-            persistent_sessions: PersistentSessions::Subscribers,
-        }),
-        broker_pid: None,
-    };
+    let config = qos1_run(
+        addr,
+        Scenario::PointToPoint { pairs: 3 },
+        1500,
+        PersistentSessions::Subscribers,
+        None,
+    );
     let report = cutie_bench::run(&config, &mut NoObserver).expect("run completes");
     let m = report.messages.as_ref().expect("message report");
     assert_eq!(m.sent, 1800, "{report}");

@@ -795,6 +795,23 @@ struct Raw {
     buf: bytes::BytesMut,
 }
 
+/// A rustls client for `127.0.0.1` that trusts the certificates in the PEM file `ca`.
+fn client_connection(ca: &Path) -> rustls::ClientConnection {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+}
+
 impl Raw {
     /// Connects (clean session) over TCP, or over TLS trusting `ca`.
     fn connect(addr: SocketAddr, tls_ca: Option<&Path>, client_id: &str) -> Raw {
@@ -803,22 +820,7 @@ impl Raw {
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         let stream: Box<dyn Stream> = match tls_ca {
             None => Box::new(tcp),
-            Some(ca) => {
-                use rustls::pki_types::pem::PemObject;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-                    roots.add(cert.unwrap()).unwrap();
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-                let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-                Box::new(rustls::StreamOwned::new(connection, tcp))
-            }
+            Some(ca) => Box::new(rustls::StreamOwned::new(client_connection(ca), tcp)),
         };
         let mut raw = Raw {
             stream,
@@ -976,19 +978,7 @@ fn measure_record_layer(
     ca: &Path,
     payload_bytes: usize,
 ) -> Duration {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut client = client_connection(ca);
     let mut server = rustls::ServerConnection::new(server).unwrap();
     // A whole batch is buffered before it is sent.
     client.set_buffer_limit(None);
