@@ -207,17 +207,24 @@ struct Conn {
     gate: Option<(usize, u64)>,
     /// The CONNECT user name (kept to re-derive `policy` when the authorizer changes).
     username: Option<ByteString>,
-    /// Publish-rate token bucket (`Limits::publish_rate_max`): tokens, and when they
-    /// were counted.
-    publish_tokens: f64,
-    publish_tokens_at_ms: u64,
-    /// Input waits until then: the connection is over its publish rate.
-    throttled_until_ms: Option<u64>,
+    /// Publish-rate token bucket (`Limits::publish_rate_max`), made at the first PUBLISH
+    /// when a rate is set: most brokers set none, and an idle connection's size counts.
+    rate: Option<Box<PublishRate>>,
     /// What this client may publish and subscribe to; `None`: everything.
     policy: Option<Box<dyn ClientPolicy>>,
     /// Measured deliveries in `out`: where each PUBLISH ends in `out`, and when its
     /// message was read from its publisher (see [`ShardCore::take_output_timed`]).
     delivery_times: Vec<(usize, Instant)>,
+}
+
+/// A connection's publish-rate token bucket.
+#[derive(Debug)]
+struct PublishRate {
+    /// Tokens, and when they were counted.
+    tokens: f64,
+    counted_at_ms: u64,
+    /// Input waits until then: the connection is over its publish rate.
+    throttled_until_ms: Option<u64>,
 }
 
 /// One shard's protocol state. See the module docs.
@@ -752,9 +759,7 @@ impl ShardCore {
             deferred: VecDeque::new(),
             gate: None,
             username: connect.username.clone(),
-            publish_tokens: f64::from(self.limits.publish_rate_max),
-            publish_tokens_at_ms: now_ms,
-            throttled_until_ms: None,
+            rate: None,
             policy: None,
             delivery_times: Vec::new(),
         };
@@ -896,22 +901,31 @@ impl ShardCore {
             let rate = self.limits.publish_rate_max;
             // A PUBLISH is next (its fixed header's type is 3): take a token, or wait.
             if rate > 0 && buf.first().is_some_and(|b| b >> 4 == 3) {
-                let elapsed_ms = now_ms.saturating_sub(conn.publish_tokens_at_ms);
-                conn.publish_tokens = (conn.publish_tokens
-                    + elapsed_ms as f64 * f64::from(rate) / 1000.0)
+                // A new bucket starts full, as it would have at CONNECT.
+                let bucket = conn.rate.get_or_insert_with(|| {
+                    Box::new(PublishRate {
+                        tokens: f64::from(rate),
+                        counted_at_ms: now_ms,
+                        throttled_until_ms: None,
+                    })
+                });
+                let elapsed_ms = now_ms.saturating_sub(bucket.counted_at_ms);
+                bucket.tokens = (bucket.tokens + elapsed_ms as f64 * f64::from(rate) / 1000.0)
                     .min(f64::from(rate));
-                conn.publish_tokens_at_ms = now_ms;
-                if conn.publish_tokens < 1.0 {
-                    let wait_ms = ((1.0 - conn.publish_tokens) * 1000.0 / f64::from(rate)).ceil();
-                    if conn.throttled_until_ms.is_none() {
+                bucket.counted_at_ms = now_ms;
+                if bucket.tokens < 1.0 {
+                    let wait_ms = ((1.0 - bucket.tokens) * 1000.0 / f64::from(rate)).ceil();
+                    if bucket.throttled_until_ms.is_none() {
                         self.stats.publish_throttled_total += 1;
                     }
-                    conn.throttled_until_ms = Some(now_ms + (wait_ms as u64).max(1));
+                    bucket.throttled_until_ms = Some(now_ms + (wait_ms as u64).max(1));
                     return;
                 }
-                conn.publish_tokens -= 1.0;
+                bucket.tokens -= 1.0;
             }
-            conn.throttled_until_ms = None;
+            if let Some(bucket) = conn.rate.as_mut() {
+                bucket.throttled_until_ms = None;
+            }
             match conn.decoder.decode(buf) {
                 Ok(Some(packet)) => self.handle_packet(conn_id, packet),
                 Ok(None) => return,
@@ -951,7 +965,7 @@ impl ShardCore {
         self.conns
             .get(&conn_id)
             .filter(|c| !c.closing)
-            .and_then(|c| c.throttled_until_ms)
+            .and_then(|c| c.rate.as_ref()?.throttled_until_ms)
     }
 
     /// The socket of `conn_id` failed or reached end of file without DISCONNECT.
