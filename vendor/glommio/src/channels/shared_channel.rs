@@ -296,15 +296,25 @@ impl<T: Send + Sized> ConnectedSender<T> {
     }
 
     fn wait_for_room(&self, cx: &Context<'_>) -> Poll<()> {
-        match self.state.buffer.free_space() > 0 || self.state.buffer.producer_disconnected() {
-            true => Poll::Ready(()),
-            false => {
-                self.reactor
-                    .upgrade()
-                    .unwrap()
-                    .add_shared_channel_waker(self.id, cx.waker().clone());
-                Poll::Pending
-            }
+        let ready = || {
+            self.state.buffer.free_space() > 0 || self.state.buffer.producer_disconnected()
+        };
+        if ready() {
+            return Poll::Ready(());
+        }
+        self.reactor
+            .upgrade()
+            .unwrap()
+            .add_shared_channel_waker(self.id, cx.waker().clone());
+        // cutie patch: the consumer wakes this executor only when told that we wait
+        // (upstream woke it after every pop). Room may have appeared before the
+        // announcement was visible: check again (the waker left registered then
+        // wakes us once more, harmlessly).
+        self.state.buffer.announce_waiting();
+        if ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -420,7 +430,12 @@ impl<T: Send + Sized> ConnectedReceiver<T> {
                 }
             }
             res => {
-                self.notifier.notify(false);
+                // cutie patch: wake the producer's executor only if it waits for room.
+                // Upstream did after every pop: at low rates, a sleeping producer
+                // shard woke for nothing once per message.
+                if self.state.buffer.take_producer_waiting() {
+                    self.notifier.notify(false);
+                }
                 Poll::Ready(res)
             }
         }
@@ -738,6 +753,45 @@ mod test {
 
         ex1.join().unwrap();
         ex2.join().unwrap();
+    }
+
+    #[test]
+    fn producer_blocked_on_full_channel_wakes_when_consumer_pops() {
+        // cutie patch: a consumer wakes the producer's executor only when the producer
+        // announced that it waits for room. Two items of room, and a consumer that
+        // pauses now and then, so the producer's executor parks while blocked; four
+        // pairs at once, to race the announcement against the pops. A lost wake-up
+        // hangs here.
+        let n = 3000;
+        let pairs: Vec<_> = (0..4)
+            .map(|_| {
+                let (sender, receiver) = new_bounded(2);
+                let producer = LocalExecutorBuilder::default()
+                    .spawn(move || async move {
+                        let sender = sender.connect().await;
+                        for i in 0..n {
+                            sender.send(i).await.unwrap();
+                        }
+                    })
+                    .unwrap();
+                let consumer = LocalExecutorBuilder::default()
+                    .spawn(move || async move {
+                        let receiver = receiver.connect().await;
+                        for i in 0..n {
+                            if i % 250 == 0 {
+                                sleep(Duration::from_millis(1)).await;
+                            }
+                            assert_eq!(receiver.recv().await.unwrap(), i);
+                        }
+                    })
+                    .unwrap();
+                (producer, consumer)
+            })
+            .collect();
+        for (producer, consumer) in pairs {
+            producer.join().unwrap();
+            consumer.join().unwrap();
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ struct ProducerCacheline {
     /// Id == 0 : never connected
     /// Id == usize::MAX: disconnected
     consumer_id: AtomicUsize,
+    /// cutie patch: the producer found the queue full and waits for room. The
+    /// consumer wakes the producer's executor after a pop only while this is set.
+    producer_waiting: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -253,6 +256,7 @@ fn inner_make<T>(capacity: usize, initial_value: usize) -> (Producer<T>, Consume
             tail: AtomicUsize::new(initial_value),
             limit: Cell::new(0),
             consumer_id: AtomicUsize::new(0),
+            producer_waiting: AtomicBool::new(false),
         },
         ccache: ConsumerCacheline {
             head: AtomicUsize::new(initial_value),
@@ -357,6 +361,17 @@ impl<T> Producer<T> {
     pub fn free_space(&self) -> usize {
         self.capacity() - self.size()
     }
+
+    /// Announces that the producer waits for room (cutie patch). `SeqCst`: the
+    /// caller re-checks `free_space` after it, and the consumer reads the flag after
+    /// its pop behind a `SeqCst` fence, so one of the two sees the other.
+    pub(crate) fn announce_waiting(&self) {
+        self.buffer
+            .pcache
+            .producer_waiting
+            .store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 impl<T> BufferHalf for Consumer<T> {
@@ -398,6 +413,14 @@ impl<T> Consumer<T> {
     /// return `Some(v)`, where `v` is the value being popped off the queue.
     pub fn try_pop(&self) -> Option<T> {
         (*self.buffer).try_pop()
+    }
+
+    /// After a pop: whether the producer waits for room, clearing the flag (cutie
+    /// patch; see [`Producer::announce_waiting`]).
+    pub(crate) fn take_producer_waiting(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let waiting = &self.buffer.pcache.producer_waiting;
+        waiting.load(Ordering::Relaxed) && waiting.swap(false, Ordering::SeqCst)
     }
 }
 
