@@ -208,7 +208,7 @@ struct Conn {
     /// The CONNECT user name (kept to re-derive `policy` when the authorizer changes).
     username: Option<ByteString>,
     /// Publish-rate token bucket (`Limits::publish_rate_max`), made at the first PUBLISH
-    /// when a rate is set: most brokers set none, and an idle connection's size counts.
+    /// when a rate is set (off by default): an idle connection does not carry it.
     rate: Option<Box<PublishRate>>,
     /// What this client may publish and subscribe to; `None`: everything.
     policy: Option<Box<dyn ClientPolicy>>,
