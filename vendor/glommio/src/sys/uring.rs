@@ -1925,7 +1925,9 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         // cutie patch: a kept latency timer may have fired since it was checked above
-        // (its completion consumed just now): it no longer counts as armed.
+        // (its completion consumed just now): it no longer counts as armed, for the
+        // sleep below or for the preemption after it (nothing is consumed in between
+        // unless we slept, and sleeping hands the kept timer over).
         latency_kept = latency_kept.filter(|src| src.result().is_none());
 
         if should_sleep {
@@ -1965,8 +1967,6 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            // cutie patch: as above, after the completions consumed since.
-            latency_kept = latency_kept.filter(|src| src.result().is_none());
             if latency_kept.is_none() {
                 latency_kept = Some(lat_ring.prepare_latency_preemption_timer(preempt));
                 flush_rings!(lat_ring, main_ring)?;
