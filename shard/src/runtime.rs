@@ -1167,6 +1167,24 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream, origin: Orig
             }
             return;
         }
+        Some(Err(FirstPacketError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+            // A well-formed CONNECT of a protocol version this broker does not speak (an
+            // MQTT 5 client, say): refused with CONNACK 1 [MQTT-3.1.2-2], but not a
+            // failure that counts toward a ban. Such a client retries, and banning its
+            // address would lock out that host's 3.1.1 clients too.
+            tracing::debug!(shard = %shard.id, level, "CONNECT of an unsupported protocol level");
+            {
+                let stats = &mut shard.core.borrow_mut().stats;
+                stats.connections_refused_total += 1;
+                stats.connections_refused_protocol_level_total += 1;
+            }
+            refuse_connect(
+                &mut stream,
+                cutie_codec::ConnectReturnCode::UnacceptableProtocolVersion,
+            )
+            .await;
+            return;
+        }
         Some(Err(FirstPacketError::Decode(error))) => {
             tracing::debug!(shard = %shard.id, %error, "malformed CONNECT");
             if let Some(admitted) = &admitted {
@@ -1180,14 +1198,7 @@ async fn accept_connection(shard: Rc<Shard>, mut stream: TcpStream, origin: Orig
                 }
             }
             if let Some(code) = error.connack_return_code() {
-                let mut out = BytesMut::new();
-                Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    return_code: code,
-                })
-                .encode(&mut out);
-                let _ = stream.write_all(&out).await;
-                let _ = stream.flush().await;
+                refuse_connect(&mut stream, code).await;
             }
             return;
         }
@@ -1355,6 +1366,12 @@ async fn authenticate(
     if let Some(admitted) = admitted {
         admitted.record_failure();
     }
+    refuse_connect(stream, code).await;
+    false
+}
+
+/// Answers a refused CONNECT with CONNACK `code` (the caller then drops the socket).
+async fn refuse_connect(stream: &mut TcpStream, code: cutie_codec::ConnectReturnCode) {
     let mut out = BytesMut::new();
     Packet::ConnAck(ConnAck {
         session_present: false,
@@ -1363,7 +1380,6 @@ async fn authenticate(
     .encode(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
-    false
 }
 
 /// Accepts on a listening socket until `stop`, refusing connections beyond this shard's

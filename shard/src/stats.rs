@@ -239,6 +239,9 @@ pub struct ShardStats {
     pub connections_refused_banned_total: u64,
     /// Connections refused for the per-address connection limit.
     pub connections_refused_address_limit_total: u64,
+    /// CONNECTs refused with CONNACK 1 for a protocol level this broker does not speak
+    /// (also counted in `connections_refused_total`; not a ban strike).
+    pub connections_refused_protocol_level_total: u64,
     /// Write-ahead log: records appended.
     pub wal_records_total: u64,
     /// Write-ahead log: batches written (one write each).

@@ -450,6 +450,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.connections_refused_address_limit_total,
     ),
     counter(
+        "cutie_connections_protocol_level_refused_total",
+        "CONNECTs refused with CONNACK 1 for an unsupported protocol level (not a ban strike).",
+        &[],
+        |v| v.stats.connections_refused_protocol_level_total,
+    ),
+    counter(
         "cutie_tls_handshakes_total",
         "TLS handshakes completed.",
         &[],

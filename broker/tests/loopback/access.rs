@@ -211,6 +211,35 @@ fn an_address_that_keeps_failing_is_banned() {
 }
 
 #[test]
+fn mqtt5_clients_refused_for_their_protocol_level_are_not_banned() {
+    let broker = Broker::start_with(
+        1,
+        &[
+            ("CUTIE_LIMITS__BAN_THRESHOLD", "3"),
+            ("CUTIE_LIMITS__BAN_DURATION_SECS", "600"),
+        ],
+    );
+    let addr = broker.addr();
+    // A real MQTT 5 client, retrying more often than the ban threshold: each attempt is
+    // a well-formed CONNECT refused with CONNACK 1, not a failure.
+    for _ in 0..6 {
+        let (ok, err) = try_pub(addr, &["-V", "mqttv5", "-t", "t", "-m", "x"]);
+        assert!(!ok, "an MQTT 5 CONNECT was accepted");
+        assert!(
+            err.to_lowercase().contains("protocol"),
+            "refused for its protocol version: {err}"
+        );
+    }
+    // The address is not banned: a 3.1.1 client on it still connects.
+    let (ok, err) = try_pub(addr, &["-t", "t", "-m", "x", "-q", "1"]);
+    assert!(
+        ok,
+        "a 3.1.1 client was refused after MQTT 5 attempts: {err}"
+    );
+    assert!(!broker.log_text().contains("banning a client address"));
+}
+
+#[test]
 fn connections_per_address_and_topic_depth_are_limited() {
     let broker = Broker::start_with(
         1,
