@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ pub struct AccessControl {
     authorizer_generation: AtomicU64,
     /// Bans and per-address failure counts.
     pub bans: BanTable,
+    /// Client connections admitted and not yet closed, on every shard: what
+    /// `max_connections` limits (one atomic add per accepted connection, never per
+    /// message).
+    connections: AtomicUsize,
 }
 
 impl AccessControl {
@@ -122,6 +126,11 @@ impl AccessControl {
     /// The generation of the authorizer (cheap: an atomic load).
     pub fn authorizer_generation(&self) -> u64 {
         self.authorizer_generation.load(Ordering::Acquire)
+    }
+
+    /// Client connections admitted and not yet closed, broker-wide.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -179,36 +188,60 @@ pub enum Refusal {
     Banned,
     /// The address has `connections_per_address_max` connections open.
     TooManyConnections,
+    /// The broker has `max_connections` connections open.
+    BrokerFull,
 }
 
-/// An admitted connection's place in the [`BanTable`]: released when dropped, wherever
-/// the connection ends (it may move to another shard with its socket).
+/// An admitted connection's place in the broker-wide connection count and in the
+/// [`BanTable`]: released when dropped, wherever the connection ends (it may move to
+/// another shard with its socket).
 #[derive(Debug)]
 pub struct Admitted {
     access: Arc<AccessControl>,
-    /// The client's address.
-    pub peer: IpAddr,
+    /// The client's address, when the socket could tell it.
+    pub peer: Option<IpAddr>,
 }
 
 impl Admitted {
-    /// Admits a connection from `peer`, or says why not.
-    pub fn admit(access: &Arc<AccessControl>, peer: IpAddr) -> Result<Admitted, Refusal> {
-        access.bans.admit(peer, Instant::now())?;
-        Ok(Admitted {
+    /// Admits a connection from `peer` while fewer than `connections_max` are open in
+    /// the whole broker (0: no limit), or says why not.
+    pub fn admit(
+        access: &Arc<AccessControl>,
+        peer: Option<IpAddr>,
+        connections_max: usize,
+    ) -> Result<Admitted, Refusal> {
+        let open = access.connections.fetch_add(1, Ordering::Relaxed);
+        if connections_max > 0 && open >= connections_max {
+            access.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::BrokerFull);
+        }
+        // From here on, dropping `admitted` gives the slot back.
+        let mut admitted = Admitted {
             access: Arc::clone(access),
-            peer,
-        })
+            peer: None,
+        };
+        if let Some(address) = peer {
+            access.bans.admit(address, Instant::now())?;
+            // Admitted by the ban table too: released there on drop.
+            admitted.peer = Some(address);
+        }
+        Ok(admitted)
     }
 
     /// The client failed (bad credentials, malformed packet): counts toward a ban.
     pub fn record_failure(&self) {
-        self.access.bans.record_failure(self.peer, Instant::now());
+        if let Some(peer) = self.peer {
+            self.access.bans.record_failure(peer, Instant::now());
+        }
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.access.bans.release(self.peer);
+        self.access.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(peer) = self.peer {
+            self.access.bans.release(peer);
+        }
     }
 }
 
@@ -367,6 +400,34 @@ mod tests {
             assert!(!t.record_failure(ip(1), now));
         }
         assert!(t.admit(ip(1), now).is_ok());
+    }
+
+    #[test]
+    fn admitted_connections_are_counted_broker_wide_and_released_on_drop() {
+        let access = Arc::new(AccessControl::new(BanConfig {
+            threshold: 1,
+            ..BanConfig::default()
+        }));
+        let a = Admitted::admit(&access, Some(ip(1)), 2).expect("first");
+        let b = Admitted::admit(&access, None, 2).expect("second, no address");
+        assert_eq!(
+            Admitted::admit(&access, Some(ip(2)), 2).err(),
+            Some(Refusal::BrokerFull)
+        );
+        assert_eq!(access.connections(), 2, "a refusal gives its slot back");
+        drop(a);
+        assert!(Admitted::admit(&access, Some(ip(2)), 2).is_ok());
+        drop(b);
+        assert_eq!(access.connections(), 0);
+        // A banned address takes no slot.
+        let now = Instant::now();
+        access.bans.record_failure(ip(3), now);
+        access.bans.record_failure(ip(3), now);
+        assert_eq!(
+            Admitted::admit(&access, Some(ip(3)), 2).err(),
+            Some(Refusal::Banned)
+        );
+        assert_eq!(access.connections(), 0);
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct RuntimeConfig {
     pub mesh_channel_capacity: usize,
     /// A connection must send CONNECT within this time.
     pub connect_timeout: Duration,
-    /// Most connections for the whole broker (each shard takes an equal share).
+    /// Most client connections open at once in the whole broker (counted from accept
+    /// to close, across shards); 0: no limit.
     pub max_connections: usize,
     /// Protocol limits.
     pub limits: Limits,
@@ -1298,13 +1299,16 @@ fn note_violations(core: &mut ShardCore, conn_id: ConnId, admitted: Option<&Admi
     }
 }
 
-/// Takes a new connection into the ban table (per-address limit, bans). `None`: refused
-/// (the socket is dropped); `Some(None)`: admitted without an address (none known).
+/// Takes a new connection into the broker-wide connection count (`max_connections`)
+/// and the ban table (per-address limit, bans). `None`: refused (the socket is dropped).
+/// Always `Some(Some(_))` otherwise; the inner option is what the rest of the path passes
+/// around.
 fn admit(shard: &Shard, peer: Option<SocketAddr>) -> Option<Option<Admitted>> {
-    let Some(peer) = peer else {
-        return Some(None);
-    };
-    match Admitted::admit(&shard.config.access, peer.ip()) {
+    match Admitted::admit(
+        &shard.config.access,
+        peer.map(|p| p.ip()),
+        shard.config.max_connections,
+    ) {
         Ok(admitted) => Some(Some(admitted)),
         Err(refusal) => {
             let mut core = shard.core.borrow_mut();
@@ -1313,8 +1317,9 @@ fn admit(shard: &Shard, peer: Option<SocketAddr>) -> Option<Option<Admitted>> {
                 Refusal::TooManyConnections => {
                     core.stats.connections_refused_address_limit_total += 1
                 }
+                Refusal::BrokerFull => core.stats.connections_refused_total += 1,
             }
-            tracing::debug!(shard = %shard.id, %peer, ?refusal, "connection refused");
+            tracing::debug!(shard = %shard.id, ?peer, ?refusal, "connection refused");
             None
         }
     }
@@ -1382,9 +1387,10 @@ async fn refuse_connect(stream: &mut TcpStream, code: cutie_codec::ConnectReturn
     let _ = stream.flush().await;
 }
 
-/// Accepts on a listening socket until `stop`, refusing connections beyond this shard's
-/// share of `max_connections`, and hands each accepted one to `serve` (plain TCP and TLS
-/// listeners alike).
+/// Accepts on a listening socket until `stop`, refusing connections while the broker
+/// holds `max_connections` (a cheap early check: the slot itself is taken by `admit`,
+/// which TLS connections reach after their handshake), and hands each accepted one to
+/// `serve` (plain TCP and TLS listeners alike).
 async fn accept_loop(
     shard: &Rc<Shard>,
     listener_fd: OwnedFd,
@@ -1394,10 +1400,6 @@ async fn accept_loop(
 ) {
     // SAFETY: the fd is a bound, listening TCP socket created in `start` and moved here.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd.into_raw_fd()) };
-    let per_shard_max = shard
-        .config
-        .max_connections
-        .div_ceil(usize::from(shard.config.shards));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv().await;
@@ -1413,7 +1415,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        if shard.open_connections.get() >= per_shard_max {
+        let connections_max = shard.config.max_connections;
+        if connections_max > 0 && shard.config.access.connections() >= connections_max {
             shard.core.borrow_mut().stats.connections_refused_total += 1;
             tracing::debug!(shard = %shard.id, kind, "connection limit reached, refusing");
             continue;

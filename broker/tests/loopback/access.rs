@@ -277,6 +277,25 @@ fn connections_per_address_and_topic_depth_are_limited() {
     wait_until("a connection slot frees up", || answered(addr, "later"));
 }
 
+#[test]
+fn max_connections_is_a_whole_broker_limit() {
+    // 8 connections over 4 shards: the kernel spreads them unevenly, so a limit checked
+    // per shard (2 each) refuses some of the first 8 on most runs.
+    let broker = Broker::start_with(4, &[("CUTIE_LIMITS__MAX_CONNECTIONS", "8")]);
+    let addr = broker.addr();
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let (client, _) = RawClient::connect(addr, &raw::Connect::new(&format!("full-{i}")));
+        open.push(client);
+    }
+    assert!(
+        !answered(addr, "ninth"),
+        "a ninth connection was answered with max_connections = 8"
+    );
+    open.pop().expect("eight open").drop_connection();
+    wait_until("a slot frees up", || answered(addr, "after"));
+}
+
 /// Whether a CONNECT on a new connection gets a CONNACK (false: closed unanswered).
 fn answered(addr: SocketAddr, client_id: &str) -> bool {
     use std::io::{Read, Write};
