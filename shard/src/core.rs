@@ -93,6 +93,12 @@ impl Default for Limits {
     }
 }
 
+/// Acknowledgements one connection may be owed while they wait for barriers (other
+/// shards, the log). A client that pipelines requests faster than they complete stops
+/// being read at this many (see [`ShardCore::input_paused`]): the entries are small,
+/// and 1,024 is far more than a client needs in flight to keep the path busy.
+pub const DEFERRED_ACKS_MAX: usize = 1024;
+
 /// When acknowledgements wait for the write-ahead log (config `durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -207,6 +213,8 @@ struct Conn {
     gate: Option<(usize, u64)>,
     /// The CONNECT user name (kept to re-derive `policy` when the authorizer changes).
     username: Option<ByteString>,
+    /// Input decoding stopped for the output backlog (counted once per pause).
+    input_paused: bool,
     /// Publish-rate token bucket (`Limits::publish_rate_max`), made at the first PUBLISH
     /// when a rate is set (off by default): an idle connection does not carry it.
     rate: Option<Box<PublishRate>>,
@@ -759,6 +767,7 @@ impl ShardCore {
             deferred: VecDeque::new(),
             gate: None,
             username: connect.username.clone(),
+            input_paused: false,
             rate: None,
             policy: None,
             delivery_times: Vec::new(),
@@ -898,6 +907,17 @@ impl ShardCore {
                 return;
             }
             conn.last_seen_ms = now_ms;
+            // The client is owed more than it takes (it pipelines requests and does not
+            // read the answers): stop here; the runtime reads no more of its socket
+            // until the writer has drained what is owed (see `input_paused`).
+            if Self::conn_backlogged(&self.limits, conn) {
+                if !conn.input_paused {
+                    conn.input_paused = true;
+                    self.stats.input_paused_total += 1;
+                }
+                return;
+            }
+            conn.input_paused = false;
             let rate = self.limits.publish_rate_max;
             // A PUBLISH is next (its fixed header's type is 3): take a token, or wait.
             if rate > 0 && buf.first().is_some_and(|b| b >> 4 == 3) {
@@ -957,6 +977,28 @@ impl ShardCore {
         self.input_at = Some(read_at);
         self.handle_bytes(conn_id, buf, now_ms);
         self.input_at = None;
+    }
+
+    /// Whether a connection's output backlog is over its bounds: more than
+    /// `outbound_buffer_bytes_max` bytes waiting to be written, or
+    /// [`DEFERRED_ACKS_MAX`] acknowledgements waiting for barriers.
+    fn conn_backlogged(limits: &Limits, conn: &Conn) -> bool {
+        conn.out.len() >= limits.outbound_buffer_bytes_max
+            || conn.deferred.len() >= DEFERRED_ACKS_MAX
+    }
+
+    /// Whether [`ShardCore::handle_bytes`] stopped decoding `conn_id`'s input because
+    /// the connection is owed more than its bounds allow (a client that pipelines
+    /// requests and never reads the answers). The runtime then reads nothing more from
+    /// its socket, so TCP backpressure reaches the client, and calls `handle_bytes`
+    /// again with the same buffer once the writer has taken the output or barriers have
+    /// completed. Memory per such connection stays under about twice
+    /// `outbound_buffer_bytes_max` (what waits here, and what the writer holds) plus a
+    /// read buffer of at most `packet_size_max`.
+    pub fn input_paused(&self, conn_id: ConnId) -> bool {
+        self.conns
+            .get(&conn_id)
+            .is_some_and(|c| !c.closing && Self::conn_backlogged(&self.limits, c))
     }
 
     /// When a connection over its publish rate may go on: the runtime stops reading its

@@ -1460,6 +1460,42 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
     })
 }
 
+/// While the core has paused `conn_id`'s input for its output backlog (a client that
+/// pipelines requests and does not read the answers: see `ShardCore::input_paused`),
+/// reads nothing more from its socket, so TCP backpressure reaches the client; after
+/// each write of the connection (or each second, for keep-alive) looks again and hands
+/// the core what is buffered. False when the core closed the connection meanwhile.
+async fn wait_output_room(
+    shard: &Rc<Shard>,
+    conn_id: ConnId,
+    written: &Notify,
+    buf: &mut BytesMut,
+    admitted: Option<&Admitted>,
+) -> bool {
+    while shard.core.borrow().input_paused(conn_id) {
+        futures_lite::future::or(
+            async {
+                let _ = written.wait().await;
+            },
+            async {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            },
+        )
+        .await;
+        if !shard.core.borrow().connection_open(conn_id) {
+            return false;
+        }
+        let now = shard.now_ms();
+        {
+            let mut core = shard.core.borrow_mut();
+            core.handle_bytes_at(conn_id, buf, now, Instant::now());
+            note_violations(&mut core, conn_id, admitted);
+        }
+        shard.flush().await;
+    }
+    true
+}
+
 /// Serves a connection owned by this shard: CONNECT goes to the core, then a reader
 /// loop here and a writer task beside it.
 ///
@@ -1482,6 +1518,9 @@ async fn run_connection(
     let fd = stream.as_raw_fd();
     let notify = Rc::new(Notify::default());
     shard.writers.borrow_mut().insert(conn_id, notify.clone());
+    // Woken by the writer after each write: a reader paused for the output backlog
+    // (see `ShardCore::input_paused`) looks again.
+    let written = Rc::new(Notify::default());
     shard.open_connections.set(shard.open_connections.get() + 1);
     let (mut reader, mut writer) = {
         let stream: Box<TcpStream> = stream;
@@ -1506,6 +1545,7 @@ async fn run_connection(
     // The writer: everything the core produced since the last wake-up, in one write.
     let writer_task = {
         let shard = shard.clone();
+        let written = written.clone();
         let writer_loop = async move {
             let mut out = BytesMut::new();
             let mut times: Vec<Instant> = Vec::new();
@@ -1523,6 +1563,7 @@ async fn run_connection(
                     }
                     shard.core.borrow_mut().stats.network_sent_bytes_total += out.len() as u64;
                     out.clear();
+                    written.notify();
                     if !times.is_empty() {
                         let written = Instant::now();
                         let mut histogram = shard.delivery_latency_us.borrow_mut();
@@ -1554,6 +1595,20 @@ async fn run_connection(
     shard.flush().await;
 
     loop {
+        if !Box::pin(wait_output_room(
+            &shard,
+            conn_id,
+            &written,
+            &mut buf,
+            admitted.as_ref(),
+        ))
+        .await
+        {
+            // Closed by the core while paused (keep-alive): end the stuck writer too.
+            // SAFETY: `fd` stays open until both halves of the stream are dropped.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            break;
+        }
         let read = read_some(&shard.scratch, &mut reader, &mut buf).await;
         tracing::trace!(conn = conn_id.0, ok = ?read.as_ref().ok(), "read");
         match read {

@@ -231,6 +231,10 @@ pub struct ShardStats {
     pub plugin_dropped_total: u64,
     /// Times a connection went over its publish rate and its input was made to wait.
     pub publish_throttled_total: u64,
+    /// Times reading a connection paused because it was owed more than its bounds
+    /// (`outbound_buffer_bytes_max` bytes, or `DEFERRED_ACKS_MAX` acknowledgements):
+    /// a client that pipelines requests and does not read the answers.
+    pub input_paused_total: u64,
     /// Messages plugins published (derived messages).
     pub plugin_derived_total: u64,
     /// Derived messages dropped for going over a call's bound.

@@ -54,3 +54,42 @@ fn a_connection_over_its_publish_rate_waits_and_loses_nothing() {
     assert_eq!(core.throttled_until(ConnId(1)), None);
     assert_eq!(core.stats.publish_throttled_total, 2);
 }
+
+#[test]
+fn a_client_that_does_not_read_its_answers_stops_being_read() {
+    let mut core = ShardCore::new(
+        ShardId(0),
+        1,
+        Limits {
+            outbound_buffer_bytes_max: 64,
+            ..Limits::default()
+        },
+    );
+    connect(&mut core, 1, "deaf", true);
+    let mut out = BytesMut::new();
+    core.take_output(ConnId(1), &mut out);
+    // 100 PINGREQs at once, answers never taken: 32 PINGRESPs fill 64 bytes.
+    let mut buf = BytesMut::new();
+    for _ in 0..100 {
+        Packet::PingReq.encode(&mut buf);
+    }
+    core.handle_bytes(ConnId(1), &mut buf, 0);
+    assert!(core.input_paused(ConnId(1)), "input pauses at the bound");
+    assert_eq!(
+        buf.len(),
+        2 * (100 - 32),
+        "the rest waits in the read buffer"
+    );
+    assert_eq!(core.stats.input_paused_total, 1);
+    // Handing the same bytes again changes nothing while the output waits.
+    core.handle_bytes(ConnId(1), &mut buf, 1);
+    assert_eq!(buf.len(), 2 * (100 - 32));
+    // The writer takes the output: decoding goes on.
+    out.clear();
+    core.take_output(ConnId(1), &mut out);
+    assert_eq!(out.len(), 64);
+    assert!(!core.input_paused(ConnId(1)));
+    core.handle_bytes(ConnId(1), &mut buf, 2);
+    assert_eq!(buf.len(), 2 * (100 - 64));
+    assert_eq!(core.stats.input_paused_total, 2);
+}

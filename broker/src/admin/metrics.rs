@@ -450,6 +450,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.connections_refused_address_limit_total,
     ),
     counter(
+        "cutie_input_paused_total",
+        "Times reading a connection paused because its output backlog was over its bounds (a client that does not read).",
+        &[],
+        |v| v.stats.input_paused_total,
+    ),
+    counter(
         "cutie_connections_protocol_level_refused_total",
         "CONNECTs refused with CONNACK 1 for an unsupported protocol level (not a ban strike).",
         &[],

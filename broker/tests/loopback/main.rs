@@ -49,6 +49,7 @@ mod common;
 mod raw;
 
 mod access;
+mod backlog;
 mod connect;
 mod keep_alive;
 mod malformed;
