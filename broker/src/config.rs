@@ -283,6 +283,19 @@ pub struct LimitsConfig {
     pub ban_window_secs: u64,
     /// How long a banned address is refused, in seconds.
     pub ban_duration_secs: u64,
+    /// Retained messages the whole broker keeps; a retained message for a new topic
+    /// beyond this is not stored (it is still delivered) and counted. 0: no limit.
+    pub max_retained_messages: usize,
+    /// Bytes (topics and payloads) of retained messages the whole broker keeps; a
+    /// retained message that would take the store past this is not stored and counted.
+    /// 0: no limit.
+    pub max_retained_bytes: usize,
+    /// A persistent session (clean session 0) whose client has not reconnected for this
+    /// long is removed, from memory and from the log, as Mosquitto's option of the same
+    /// name does: a number and a unit, `h` (hours), `d` (days), `w` (weeks), `m`
+    /// (months of 30 days), `y` (years of 365 days), and also `s` (seconds). `"off"`
+    /// (the default): kept until the client cleans it, as MQTT 3.1.1 says.
+    pub persistent_client_expiration: String,
 }
 
 /// `[runtime]`: executor tuning.
@@ -357,8 +370,54 @@ impl Default for LimitsConfig {
             ban_threshold: 10,
             ban_window_secs: 60,
             ban_duration_secs: 300,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 << 20,
+            persistent_client_expiration: "off".to_owned(),
         }
     }
+}
+
+impl LimitsConfig {
+    /// `persistent_client_expiration` as a duration; `None`: off.
+    pub fn persistent_client_expiration(&self) -> Result<Option<std::time::Duration>, String> {
+        parse_expiration(&self.persistent_client_expiration)
+    }
+}
+
+/// Parses Mosquitto's `persistent_client_expiration` value (see
+/// [`LimitsConfig::persistent_client_expiration`]).
+fn parse_expiration(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (one of s, h, d, w, m, y)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "m" => 30 * 86_400,
+        "y" => 365 * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (one of s, h, d, w, m, y)"
+            ))
+        }
+    };
+    if number == 0 {
+        return Err(format!("{text:?}: must be positive (or \"off\")"));
+    }
+    number
+        .checked_mul(unit_secs)
+        .map(|secs| Some(std::time::Duration::from_secs(secs)))
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 impl Default for RuntimeConfig {
@@ -523,6 +582,12 @@ impl Config {
             65_535,
         )?;
         range("limits.ban_window_secs", limits.ban_window_secs, 1, 86_400)?;
+        if let Err(reason) = limits.persistent_client_expiration() {
+            return Err(Violation {
+                key: "limits.persistent_client_expiration",
+                reason,
+            });
+        }
         range(
             "limits.ban_duration_secs",
             limits.ban_duration_secs,
@@ -1114,6 +1179,22 @@ mod tests {
     }
 
     #[test]
+    fn persistent_client_expiration_reads_mosquittos_units() {
+        let secs = |text: &str| parse_expiration(text).map(|d| d.map(|d| d.as_secs()));
+        assert_eq!(secs("off"), Ok(None));
+        assert_eq!(secs(""), Ok(None));
+        assert_eq!(secs("2h"), Ok(Some(7200)));
+        assert_eq!(secs("14d"), Ok(Some(14 * 86_400)));
+        assert_eq!(secs("1w"), Ok(Some(604_800)));
+        assert_eq!(secs("6m"), Ok(Some(6 * 30 * 86_400)));
+        assert_eq!(secs("1y"), Ok(Some(365 * 86_400)));
+        assert_eq!(secs("30s"), Ok(Some(30)));
+        for bad in ["h", "10", "10x", "0h", "-1d", "99999999999999999999y"] {
+            assert!(secs(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn defaults_are_the_documented_values() {
         let config = Config::default();
         assert!((1..=SHARDS_MAX).contains(&config.shards));
@@ -1517,6 +1598,12 @@ mod tests {
             }),
             ("limits.outbound_buffer_bytes_max", |c| {
                 c.limits.outbound_buffer_bytes_max = 0
+            }),
+            ("limits.persistent_client_expiration", |c| {
+                c.limits.persistent_client_expiration = "3 weeks".to_owned()
+            }),
+            ("limits.persistent_client_expiration", |c| {
+                c.limits.persistent_client_expiration = "0d".to_owned()
             }),
             ("runtime.io_memory_bytes", |c| {
                 c.runtime.io_memory_bytes = 64 * 1024 - 1

@@ -194,6 +194,15 @@ fn run(
             topic_levels_max: config.limits.max_topic_levels,
             publish_rate_max: config.limits.max_publish_rate,
             topic_bytes_max: config.limits.max_topic_length,
+            retained_messages_max: config.limits.max_retained_messages,
+            retained_bytes_max: config.limits.max_retained_bytes,
+            // Validated when the configuration was loaded.
+            persistent_session_expiry_ms: config
+                .limits
+                .persistent_client_expiration()
+                .ok()
+                .flatten()
+                .map_or(0, |expiry| expiry.as_millis() as u64),
             ..Limits::default()
         },
         access: access.clone(),

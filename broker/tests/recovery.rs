@@ -70,3 +70,51 @@ fn a_corrupt_log_stops_the_start_until_the_operator_says_skip() {
     assert!(present, "the session recorded before the damage is back");
     broker.stop();
 }
+
+/// `limits.persistent_client_expiration`: a persistent session whose client stays away
+/// longer is removed from memory and from the log (it stays gone after a restart); one
+/// whose client is connected is kept.
+#[test]
+fn an_expired_persistent_session_is_gone_from_the_log_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = Launch::new(&data_dir)
+        .shards(2)
+        .env("CUTIE_LIMITS__PERSISTENT_CLIENT_EXPIRATION", "1s")
+        .start();
+    let (mut kept, _) = Client::connect(broker.addr, "exp-kept", false);
+    kept.subscribe("exp/#", QoS::AtLeastOnce);
+    {
+        let (mut gone, _) = Client::connect(broker.addr, "exp-gone", false);
+        gone.subscribe("exp/#", QoS::AtLeastOnce);
+    }
+    let (mut publisher, _) = Client::connect(broker.addr, "exp-pub", true);
+    assert!(publisher.publish_qos1("exp/x", b"queued".to_vec(), 1));
+    assert_eq!(kept.receive(1), vec![b"queued".to_vec()]);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !broker.logged("persistent session expired") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session expired within 20 s; log:\n{}",
+            broker.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(broker.logged_count("persistent session expired"), 1);
+    assert!(
+        broker.log_text().contains("exp-gone"),
+        "{}",
+        broker.log_text()
+    );
+    drop(kept);
+    broker.stop();
+
+    // Restarted without the limit: what the log holds is what comes back.
+    let broker = Launch::new(&data_dir).shards(2).start();
+    let (_gone, present) = Client::connect(broker.addr, "exp-gone", false);
+    assert!(!present, "the expired session was dropped from the log");
+    let (_kept, present) = Client::connect(broker.addr, "exp-kept", false);
+    assert!(present, "the connected client's session was kept");
+    broker.stop();
+}

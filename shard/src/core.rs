@@ -63,6 +63,17 @@ pub struct Limits {
     /// PUBLISH packets per second one connection may send (a burst of as many is
     /// allowed); beyond, its input waits (see [`ShardCore::throttled_until`]). 0: no limit.
     pub publish_rate_max: u32,
+    /// Retained messages the broker keeps (every shard holds a replica of the store, so
+    /// this bounds each shard's); a retained message for a new topic beyond it is routed
+    /// without being stored, and counted. 0: no limit.
+    pub retained_messages_max: usize,
+    /// Bytes (topic and payload) of retained messages the broker keeps; an update that
+    /// would take the store past it is routed without being stored, and counted. 0: no
+    /// limit.
+    pub retained_bytes_max: usize,
+    /// An offline persistent session is removed after this long without its client
+    /// (Mosquitto's `persistent_client_expiration`). 0: never.
+    pub persistent_session_expiry_ms: u64,
 }
 
 impl Limits {
@@ -89,6 +100,9 @@ impl Default for Limits {
             topic_levels_max: 0,
             topic_bytes_max: 0,
             publish_rate_max: 0,
+            retained_messages_max: 0,
+            retained_bytes_max: 0,
+            persistent_session_expiry_ms: 0,
         }
     }
 }
@@ -264,6 +278,14 @@ pub struct ShardCore {
     retained: AHashMap<TopicName, (RetainedVersion, Option<Message>)>,
     /// Lamport clock of retained-store updates: the highest version clock seen.
     retained_clock: u64,
+    /// Messages held in `retained` (cleared topics excluded), and their bytes (topic and
+    /// payload): what `retained_messages_max` and `retained_bytes_max` bound.
+    retained_stored: usize,
+    retained_bytes: usize,
+    /// Offline persistent sessions in the order they went offline, with when they
+    /// expire (`persistent_session_expiry_ms`): `tick` removes those still offline
+    /// since then. A session that came back and left again has a later entry.
+    expiring: VecDeque<(u64, ByteString)>,
     /// Barriers in flight: token -> (acks still missing, connections waiting).
     barriers: AHashMap<Token, (u16, Vec<ConnId>)>,
     next_token: u64,
@@ -317,6 +339,9 @@ impl ShardCore {
             interest: Trie::new(),
             retained: AHashMap::new(),
             retained_clock: 0,
+            retained_stored: 0,
+            retained_bytes: 0,
+            expiring: VecDeque::new(),
             barriers: AHashMap::new(),
             next_token: 0,
             mesh_out: Vec::new(),
@@ -504,6 +529,15 @@ impl ShardCore {
             self.session_index
                 .insert(ByteString::from(client_id.as_str()), key);
             self.stats.sessions_current += 1;
+            let expiry_ms = self.limits.persistent_session_expiry_ms;
+            if expiry_ms > 0 {
+                // Offline since the start, as far as this run knows.
+                self.sessions[key].last_progress_ms = self.now_ms;
+                self.expiring.push_back((
+                    self.now_ms + expiry_ms,
+                    ByteString::from(client_id.as_str()),
+                ));
+            }
             for (filter, qos) in filters {
                 self.subscriptions.insert(&filter, key, qos);
                 if self.add_local_filter(&filter) {
@@ -536,6 +570,9 @@ impl ShardCore {
                 clock: self.retained_clock,
                 shard: self.id,
             };
+            // Recovered whatever the bounds: they were admitted when published.
+            self.retained_stored += 1;
+            self.retained_bytes += retained_size(&message);
             self.retained
                 .insert(message.topic.clone(), (version, Some(message.clone())));
             self.broadcast(|| MeshMessage::Retained {
@@ -713,7 +750,12 @@ impl ShardCore {
 
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
-        self.retained.values().filter(|(_, m)| m.is_some()).count()
+        self.retained_stored
+    }
+
+    /// Bytes (topics and payloads) of the retained messages held.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes
     }
 
     /// Whether the shard `shard` has announced interest in a filter matching `topic`.
@@ -1024,9 +1066,11 @@ impl ShardCore {
         self.conns.remove(&conn_id);
     }
 
-    /// Periodic work: keep-alive expiry [MQTT-3.1.2-24].
+    /// Periodic work: keep-alive expiry [MQTT-3.1.2-24], persistent sessions past
+    /// `persistent_session_expiry_ms`.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.expire_sessions();
         if !self.plugins.is_empty() {
             let mut derived = Vec::new();
             for plugin in &mut self.plugins {
@@ -1053,6 +1097,34 @@ impl ShardCore {
             tracing::debug!(conn = conn_id.0, "keep-alive expired");
             self.stats.keep_alive_expired_total += 1;
             self.close_conn(conn_id, true);
+        }
+    }
+
+    /// Removes the persistent sessions offline for `persistent_session_expiry_ms`, from
+    /// memory and (`SessionDrop`) from the log. Amortized O(1) per disconnect: entries
+    /// are in expiry order, and one whose session came back since is skipped.
+    fn expire_sessions(&mut self) {
+        let expiry_ms = self.limits.persistent_session_expiry_ms;
+        while let Some((expires_ms, _)) = self.expiring.front() {
+            if *expires_ms > self.now_ms {
+                break;
+            }
+            let Some((_, client_id)) = self.expiring.pop_front() else {
+                break;
+            };
+            let Some(&key) = self.session_index.get(&client_id) else {
+                continue;
+            };
+            let session = &self.sessions[key];
+            if session.conn.is_some()
+                || session.clean_session
+                || session.last_progress_ms + expiry_ms > self.now_ms
+            {
+                continue;
+            }
+            tracing::info!(shard = %self.id, %client_id, "persistent session expired");
+            self.stats.sessions_expired_total += 1;
+            self.destroy_session(key);
         }
     }
 
@@ -1809,6 +1881,13 @@ impl ShardCore {
         let session = &mut self.sessions[key];
         if session.conn == Some(conn_id) {
             session.conn = None;
+            // Offline from now (`last_progress_ms` matters only while online).
+            session.last_progress_ms = self.now_ms;
+            let expiry_ms = self.limits.persistent_session_expiry_ms;
+            if expiry_ms > 0 && !session.clean_session {
+                self.expiring
+                    .push_back((self.now_ms + expiry_ms, session.client_id.clone()));
+            }
         }
         let will = session.will.take();
         let clean = session.clean_session;
@@ -1896,6 +1975,18 @@ impl ShardCore {
     ) -> Option<Token> {
         let mut token = None;
         let mut matched = false;
+        let mut message = message;
+        if message.retain && !message.payload.is_empty() {
+            if self.retained_admits(&message) {
+                // Kept for long, by every shard: in allocations of its own, not pinning
+                // the read buffer it was decoded from.
+                message = detached(&message);
+            } else {
+                // Delivered like any message, but not stored.
+                self.stats.retained_refused_total += 1;
+                message.retain = false;
+            }
+        }
         if message.retain {
             self.retained_clock += 1;
             let version = RetainedVersion {
@@ -1950,6 +2041,32 @@ impl ShardCore {
         token
     }
 
+    /// Whether the retained store may take `message` (a non-empty retained publish made
+    /// on this shard) within `retained_messages_max` and `retained_bytes_max`: a new
+    /// topic needs room in both; replacing a stored one needs room only for what it
+    /// adds. The broker's own `$SYS/` topics are always taken. Only the publishing
+    /// shard decides: replicas apply what it sends, so the store is the same
+    /// everywhere (concurrent publishes on several shards may pass the bounds by what
+    /// is in flight between them).
+    fn retained_admits(&self, message: &Message) -> bool {
+        if message.topic.as_str().starts_with("$SYS/") {
+            return true;
+        }
+        let messages_max = self.limits.retained_messages_max;
+        let bytes_max = self.limits.retained_bytes_max;
+        let size = retained_size(message);
+        match self.retained.get(&message.topic) {
+            Some((_, Some(old))) => {
+                let old = retained_size(old);
+                bytes_max == 0 || size <= old || self.retained_bytes - old + size <= bytes_max
+            }
+            _ => {
+                (messages_max == 0 || self.retained_stored < messages_max)
+                    && (bytes_max == 0 || self.retained_bytes + size <= bytes_max)
+            }
+        }
+    }
+
     fn interest_set(&self, topic: &TopicName) -> ShardSet {
         let mut shards = ShardSet::default();
         self.interest
@@ -1968,6 +2085,14 @@ impl ShardCore {
         }
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         let value = (!message.payload.is_empty()).then(|| message.clone());
+        if let Some((_, Some(old))) = self.retained.get(&message.topic) {
+            self.retained_stored -= 1;
+            self.retained_bytes -= retained_size(old);
+        }
+        if let Some(new) = &value {
+            self.retained_stored += 1;
+            self.retained_bytes += retained_size(new);
+        }
         // Every shard holds every retained message; the topic's owner shard logs it
         // (not the broker's own `$SYS/` topics, published again every interval).
         if owner_of(message.topic.as_str(), self.shard_count) == self.id
@@ -2001,9 +2126,19 @@ impl ShardCore {
             matches.dedup_by_key(|m| m.0);
         }
         let mut any = !matches.is_empty();
+        // What waits for an offline session may wait long: it gets a copy in allocations
+        // of its own (made once, shared by every offline session), so it does not pin
+        // the read buffer the message was decoded from.
+        let mut offline_copy: Option<Message> = None;
         for &(key, granted) in &matches {
+            let qos = granted.min(message.qos);
+            let offline = qos != QoS::AtMostOnce && self.sessions[key].conn.is_none();
+            let message = match offline {
+                true => &*offline_copy.get_or_insert_with(|| detached(message)),
+                false => message,
+            };
             // Delivered because of an existing subscription: retain flag 0 [MQTT-3.3.1-9].
-            self.deliver(key, message, granted.min(message.qos), false);
+            self.deliver(key, message, qos, false);
         }
         self.match_scratch = matches;
         if !self.plugins.is_empty() {
@@ -2239,6 +2374,26 @@ impl ShardCore {
                 self.mesh_out.push((ShardId(shard), make()));
             }
         }
+    }
+}
+
+/// Bytes a retained message counts for against `retained_bytes_max`.
+fn retained_size(message: &Message) -> usize {
+    message.topic.as_str().len() + message.payload.len()
+}
+
+/// `message` with its topic and payload in allocations of their own. A decoded PUBLISH
+/// shares the allocation it was read into with every packet of the same read (often
+/// thousands when a publisher batches): kept for long, even a 10-byte payload would
+/// hold that whole buffer.
+fn detached(message: &Message) -> Message {
+    Message {
+        // invariant: the topic was validated when `message` was made; the copy is the
+        // same string.
+        topic: TopicName::new(message.topic.as_str().to_owned())
+            .unwrap_or_else(|_| message.topic.clone()),
+        payload: bytes::Bytes::copy_from_slice(&message.payload),
+        ..message.clone()
     }
 }
 

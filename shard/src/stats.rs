@@ -243,6 +243,11 @@ pub struct ShardStats {
     pub connections_refused_banned_total: u64,
     /// Connections refused for the per-address connection limit.
     pub connections_refused_address_limit_total: u64,
+    /// Retained publishes not stored for `retained_messages_max` / `retained_bytes_max`
+    /// (still delivered to subscribers).
+    pub retained_refused_total: u64,
+    /// Persistent sessions removed for `persistent_session_expiry_ms`.
+    pub sessions_expired_total: u64,
     /// CONNECTs refused with CONNACK 1 for a protocol level this broker does not speak
     /// (also counted in `connections_refused_total`; not a ban strike).
     pub connections_refused_protocol_level_total: u64,

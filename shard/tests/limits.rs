@@ -6,7 +6,8 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::connect;
-use cutie_codec::{Packet, Publish, PublishQos, TopicName};
+use common::output;
+use cutie_codec::{Packet, Publish, PublishQos, QoS, TopicName};
 use cutie_shard::{ConnId, Limits, ShardCore, ShardId};
 
 #[test]
@@ -92,4 +93,109 @@ fn a_client_that_does_not_read_its_answers_stops_being_read() {
     core.handle_bytes(ConnId(1), &mut buf, 2);
     assert_eq!(buf.len(), 2 * (100 - 64));
     assert_eq!(core.stats.input_paused_total, 2);
+}
+
+fn retained(topic: &str, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: PublishQos::AtMostOnce,
+        retain: true,
+        topic: TopicName::new(topic).unwrap(),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+#[test]
+fn retained_topics_beyond_the_limits_are_refused_and_replacements_allowed() {
+    let mut core = ShardCore::new(
+        ShardId(0),
+        1,
+        Limits {
+            retained_messages_max: 3,
+            retained_bytes_max: 40,
+            ..Limits::default()
+        },
+    );
+    connect(&mut core, 1, "p", true);
+    for i in 1..=5 {
+        common::send(&mut core, 1, retained(&format!("a/{i}"), b"12345"));
+    }
+    assert_eq!(core.retained_count(), 3, "three topics are kept");
+    assert_eq!(core.stats.retained_refused_total, 2);
+    // Replacing a stored topic is allowed at the message limit.
+    common::send(&mut core, 1, retained("a/1", b"abcde"));
+    assert_eq!(core.retained_count(), 3);
+    assert_eq!(core.stats.retained_refused_total, 2);
+    // Clearing one makes room for a new topic.
+    common::send(&mut core, 1, retained("a/2", b""));
+    assert_eq!(core.retained_count(), 2);
+    common::send(&mut core, 1, retained("a/4", b"12345"));
+    assert_eq!(core.retained_count(), 3);
+    assert_eq!(core.retained_bytes(), 3 * (3 + 5));
+    // The byte limit: growing a stored topic past 40 bytes is refused, shrinking is not.
+    common::send(&mut core, 1, retained("a/1", &[b'x'; 30]));
+    assert_eq!(core.stats.retained_refused_total, 3);
+    assert_eq!(core.retained_bytes(), 24, "the old value stays");
+    common::send(&mut core, 1, retained("a/1", b"x"));
+    assert_eq!(core.retained_bytes(), 4 + 2 * 8);
+    // A refused retained publish is still delivered to subscribers.
+    connect(&mut core, 2, "s", true);
+    common::send(
+        &mut core,
+        2,
+        common::subscribe_packet(&[("b/#", QoS::AtMostOnce)]),
+    );
+    output(&mut core, 2);
+    common::send(&mut core, 1, retained("b/new", b"hello"));
+    assert_eq!(core.stats.retained_refused_total, 4);
+    let delivered = output(&mut core, 2);
+    assert!(
+        matches!(&delivered[..], [Packet::Publish(p)] if &p.payload[..] == b"hello" && !p.retain),
+        "{delivered:?}"
+    );
+}
+
+#[test]
+fn persistent_sessions_expire_after_their_client_stays_away() {
+    let mut core = ShardCore::new(
+        ShardId(0),
+        1,
+        Limits {
+            persistent_session_expiry_ms: 1000,
+            ..Limits::default()
+        },
+    )
+    .with_durability(cutie_shard::Durability::Batch);
+    connect(&mut core, 1, "gone", false);
+    connect(&mut core, 2, "back", false);
+    connect(&mut core, 3, "clean", true);
+    core.connection_lost(ConnId(1), 0);
+    core.connection_lost(ConnId(2), 0);
+    // "back" returns before its expiry and leaves again later.
+    assert!(core.connect(ConnId(4), common::connect_packet("back", false), 500));
+    core.connection_lost(ConnId(4), 600);
+    core.tick(999);
+    assert_eq!(core.session_count(), 2 + 1, "nothing expired yet");
+    core.tick(1000);
+    assert!(core.session("gone").is_none(), "offline for its expiry");
+    assert!(core.session("back").is_some(), "its clock restarted at 600");
+    assert!(
+        core.session("clean").is_some(),
+        "online sessions never expire"
+    );
+    assert_eq!(core.stats.sessions_expired_total, 1);
+    core.tick(1600);
+    assert!(core.session("back").is_none());
+    assert_eq!(core.stats.sessions_expired_total, 2);
+    // Removed from the log too.
+    let mut records = Vec::new();
+    core.take_records(&mut records);
+    let dropped: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            cutie_persistence::Record::SessionDrop { client_id } => Some(client_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, ["gone", "back"]);
 }

@@ -450,6 +450,18 @@ const SERIES: &[Series] = &[
         |v| v.stats.connections_refused_address_limit_total,
     ),
     counter(
+        "cutie_retained_refused_total",
+        "Retained publishes not stored for max_retained_messages or max_retained_bytes (still delivered).",
+        &[],
+        |v| v.stats.retained_refused_total,
+    ),
+    counter(
+        "cutie_sessions_expired_total",
+        "Persistent sessions removed for persistent_client_expiration.",
+        &[],
+        |v| v.stats.sessions_expired_total,
+    ),
+    counter(
         "cutie_input_paused_total",
         "Times reading a connection paused because its output backlog was over its bounds (a client that does not read).",
         &[],

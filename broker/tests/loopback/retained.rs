@@ -153,3 +153,67 @@ shard_tests!(
     empty_retained_payload_deletes_the_retained_message,
     retained_message_is_visible_from_every_shard,
 );
+
+shard_tests!(a_flood_of_retained_topics_stops_at_max_retained_messages);
+
+/// 100,000 unique retained topics from a publisher that batches thousands per write:
+/// the store keeps the first `max_retained_messages`, refuses the rest (still
+/// delivering them), and a stored topic can still be replaced.
+fn a_flood_of_retained_topics_stops_at_max_retained_messages(shards: u16) {
+    use crate::raw::{self, Connect, RawClient};
+    const KEPT: usize = 10_000;
+    const FLOOD: usize = 100_000;
+    let broker = Broker::start_with(
+        shards,
+        &[("CUTIE_LIMITS__MAX_RETAINED_MESSAGES", &KEPT.to_string())],
+    );
+    let addr = broker.addr();
+    let baseline = broker.rss_bytes();
+    let (mut publisher, _) = RawClient::connect(addr, &Connect::new("flooder"));
+    let mut batch = Vec::new();
+    for i in 0..FLOOD {
+        batch.extend(raw::publish(
+            &format!("flood/{i:06}"),
+            b"0123456789",
+            0,
+            0,
+            false,
+            true,
+        ));
+        if batch.len() > 256 * 1024 {
+            publisher.send(&batch);
+            batch.clear();
+        }
+    }
+    // Last, a QoS 1 replacement of a stored topic: allowed at the limit, and its PUBACK
+    // comes once every shard holds it (and, the mesh being FIFO, everything before).
+    batch.extend(raw::publish("flood/000000", b"replaced", 1, 1, false, true));
+    publisher.send(&batch);
+    assert_eq!(publisher.recv().packet_id(), 1, "PUBACK");
+    let growth = broker.rss_bytes().saturating_sub(baseline);
+    eprintln!(
+        "{shards} shard(s): {FLOOD} retained topics offered, {KEPT} kept: broker RSS +{} KiB",
+        growth >> 10
+    );
+
+    let mut sub = MosquittoSub::start(addr, &["-t", "flood/#", "-q", "0"]);
+    let mut topics = Vec::with_capacity(KEPT);
+    for _ in 0..KEPT {
+        let message = sub.recv();
+        assert!(message.retain, "only retained messages before the marker");
+        if message.topic == "flood/000000" {
+            assert_eq!(message.payload, "replaced");
+        }
+        topics.push(message.topic);
+    }
+    topics.sort();
+    let expected: Vec<String> = (0..KEPT).map(|i| format!("flood/{i:06}")).collect();
+    assert_eq!(
+        topics, expected,
+        "the first {KEPT} topics are the ones kept"
+    );
+    // Nothing more is retained: the next message is a live marker.
+    mosquitto_pub(addr, &["-t", "flood/marker", "-m", "end"]);
+    let next = sub.recv();
+    assert_eq!((next.topic.as_str(), next.retain), ("flood/marker", false));
+}
