@@ -62,6 +62,10 @@ impl ClientPolicy for AclPolicy {
     fn may_subscribe(&self, filter: &str) -> bool {
         self.0.check_subscribe(filter)
     }
+
+    fn may_read(&self, topic: &str) -> bool {
+        self.0.check_receive(topic)
+    }
 }
 
 /// What [`load`] installed, for the start-up log.

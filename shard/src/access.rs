@@ -5,8 +5,10 @@
 //!   the runtime calls it on a blocking thread, never on a shard, before the connection
 //!   reaches its owner shard. It is shared by every shard (`Send + Sync`).
 //! - [`Authorizer`] makes, at CONNECT, one [`ClientPolicy`] per connection; the core asks
-//!   that policy on every PUBLISH and SUBSCRIBE (and for the will). Policies must answer
-//!   in bounded time without I/O or locks: they run on the shard.
+//!   that policy on every PUBLISH and SUBSCRIBE (and for the will), and on every message
+//!   it is about to send to the client (read access is checked per message, as Mosquitto
+//!   does, so a subscription may overlap topics the client cannot read). Policies must
+//!   answer in bounded time without I/O or locks: they run on the shard.
 //! - [`BanTable`] counts failures (bad credentials, malformed packets) per client address
 //!   and refuses an address that failed too often. It is the one structure shared by all
 //!   shards behind a lock, touched only when a connection is accepted or fails, never per
@@ -14,7 +16,9 @@
 //!
 //! Reloading (SIGHUP) swaps the authenticator and authorizer in an [`AccessControl`];
 //! shards pick up a new authorizer at their next tick and re-derive the policies of
-//! their connections.
+//! their connections. Existing subscriptions stay, but every message is checked against
+//! the new policy before it is sent: what the new rules deny stops at once, for
+//! persistent sessions too (their queued messages are checked when they are sent).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,12 +53,19 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
     fn authenticate(&self, client: &Identity<'_>, password: Option<&[u8]>) -> AuthOutcome;
 }
 
-/// One connection's permissions, asked on the shard for every PUBLISH and SUBSCRIBE.
+/// One connection's permissions, asked on the shard for every PUBLISH, SUBSCRIBE and
+/// message sent to the client.
 pub trait ClientPolicy: Send + std::fmt::Debug {
     /// Whether the client may publish to the topic name `topic`.
     fn may_publish(&self, topic: &str) -> bool;
-    /// Whether the client may subscribe to the topic filter `filter`.
+    /// Whether the client may subscribe to the topic filter `filter`. A filter that
+    /// overlaps topics the client may not read can be granted: [`may_read`] withholds
+    /// those messages. Refuse only a filter none of whose messages could be sent.
+    ///
+    /// [`may_read`]: ClientPolicy::may_read
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// Whether a message published to the topic name `topic` may be sent to the client.
+    fn may_read(&self, topic: &str) -> bool;
 }
 
 /// Makes the [`ClientPolicy`] of each connection.

@@ -1781,11 +1781,34 @@ impl ShardCore {
     /// Re-sends the inflight window (DUP set, PUBREL for those past PUBREC) and fills it
     /// from the queue, after a client reconnects to a stored session [MQTT-4.4.0-1].
     fn resume_session(&mut self, key: SessionKey) {
-        let session = &self.sessions[key];
+        let session = &mut self.sessions[key];
         let Some(conn_id) = session.conn else { return };
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
+        // Messages sent under rules that no longer let this client read them are not
+        // sent again (a PUBREL still is: the message itself was delivered).
+        if let Some(policy) = &conn.policy {
+            let log = &mut self.log;
+            let stats = &mut self.stats;
+            let persistent = session.is_persistent();
+            let client_id = &session.client_id;
+            session.inflight.retain(|inflight| {
+                let keep = inflight.state == OutboundState::AwaitingPubComp
+                    || policy.may_read(inflight.message.topic.as_str());
+                if !keep {
+                    stats.deliveries_denied_total += 1;
+                    if persistent {
+                        log_record(log, || Record::MessageDone {
+                            client_id: client_id.to_string(),
+                            packet_id: inflight.packet_id.get(),
+                        });
+                    }
+                }
+                keep
+            });
+        }
+        let session = &self.sessions[key];
         if !session.inflight.is_empty() {
             gate_output(&mut self.log, conn_id, conn);
         }
@@ -1823,6 +1846,23 @@ impl ShardCore {
             else {
                 break;
             };
+            // Read access is checked as the message goes out, against the policy of the
+            // connection now: an ACL reload, or the client coming back under other
+            // rules, withholds what it queued under the old ones.
+            if !conn
+                .policy
+                .as_ref()
+                .is_none_or(|policy| policy.may_read(message.topic.as_str()))
+            {
+                self.stats.deliveries_denied_total += 1;
+                if session.is_persistent() {
+                    log_record(&mut self.log, || Record::MessageDiscarded {
+                        client_id: session.client_id.to_string(),
+                        message_id,
+                    });
+                }
+                continue;
+            }
             let packet_id = session.allocate_packet_id();
             if session.is_persistent() {
                 log_record(&mut self.log, || Record::MessageSent {
@@ -2171,6 +2211,18 @@ impl ShardCore {
         let conn = session
             .conn
             .and_then(|id| self.conns.get_mut(&id).map(|c| (id, c)));
+        // Read access, per message (queued messages are checked again when they go out:
+        // the policy may change before).
+        if let Some((_, conn)) = &conn {
+            if !conn
+                .policy
+                .as_ref()
+                .is_none_or(|policy| policy.may_read(message.topic.as_str()))
+            {
+                self.stats.deliveries_denied_total += 1;
+                return;
+            }
+        }
         // Latency is measured for live traffic to online subscribers only.
         let received_at = message.received_at.filter(|_| !retain && conn.is_some());
         let outgoing = || Message {

@@ -248,6 +248,8 @@ pub struct ShardStats {
     pub retained_refused_total: u64,
     /// Persistent sessions removed for `persistent_session_expiry_ms`.
     pub sessions_expired_total: u64,
+    /// Messages withheld from a subscriber its policy does not let read the topic.
+    pub deliveries_denied_total: u64,
     /// CONNECTs refused with CONNACK 1 for a protocol level this broker does not speak
     /// (also counted in `connections_refused_total`; not a ban strike).
     pub connections_refused_protocol_level_total: u64,

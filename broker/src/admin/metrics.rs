@@ -462,6 +462,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.sessions_expired_total,
     ),
     counter(
+        "cutie_deliveries_denied_total",
+        "Messages withheld from a subscriber the ACL does not let read their topic.",
+        &[],
+        |v| v.stats.deliveries_denied_total,
+    ),
+    counter(
         "cutie_input_paused_total",
         "Times reading a connection paused because its output backlog was over its bounds (a client that does not read).",
         &[],

@@ -45,6 +45,7 @@ fn path_str(path: &Path) -> &str {
 shard_tests!(
     password_file_users_connect_and_others_get_connack_4_or_5,
     the_acl_drops_denied_publishes_and_refuses_denied_subscriptions,
+    a_filter_overlapping_denied_topics_is_granted_and_they_are_withheld,
 );
 
 fn password_file_users_connect_and_others_get_connack_4_or_5(shards: u16) {
@@ -153,6 +154,162 @@ fn the_acl_drops_denied_publishes_and_refuses_denied_subscriptions(shards: u16) 
     );
     assert_eq!(news.recv().payload, "from-alice");
     assert!(broker.log_text().contains("acl=true"));
+}
+
+/// One `topic deny` rule does not refuse every `#` or `+/+` SUBSCRIBE (monitoring clients
+/// subscribe so): the filter is granted, the denied messages are withheld at delivery, and
+/// only a filter wholly inside denied space gets 0x80. Mosquitto behaves the same.
+fn a_filter_overlapping_denied_topics_is_granted_and_they_are_withheld(shards: u16) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user mon\ntopic read #\ntopic deny secret/#\nuser pub\ntopic write #\n",
+    )
+    .expect("write the ACL");
+    let broker = Broker::start_with(
+        shards,
+        &[
+            ("CUTIE_AUTH__ACL_FILE", path_str(&acl)),
+            ("CUTIE_USER_MON", "m"),
+            ("CUTIE_USER_PUB", "p"),
+        ],
+    );
+    let addr = broker.addr();
+    let mon = ["-u", "mon", "-P", "m", "-q", "1"];
+    let publisher = ["-u", "pub", "-P", "p", "-q", "1"];
+    let mut wide = MosquittoSub::start(addr, &[&mon[..], &["-t", "#", "-t", "+/+"]].concat());
+    assert_eq!(
+        wide.granted(),
+        vec![1, 1],
+        "overlapping filters are granted"
+    );
+    let inside = MosquittoSub::start(
+        addr,
+        &[&mon[..], &["-t", "secret/#", "-t", "secret/+/x"]].concat(),
+    );
+    assert_eq!(
+        inside.granted(),
+        vec![128, 128],
+        "wholly denied filters are not"
+    );
+    for (topic, payload) in [
+        ("secret/x", "hidden"),
+        ("open/x", "seen"),
+        ("secret", "hidden"),
+    ] {
+        mosquitto_pub(
+            addr,
+            &[&publisher[..], &["-t", topic, "-m", payload]].concat(),
+        );
+    }
+    mosquitto_pub(
+        addr,
+        &[&publisher[..], &["-t", "open/y", "-m", "fence"]].concat(),
+    );
+    let got: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let m = wide.recv();
+            (m.topic, m.payload)
+        })
+        .collect();
+    // `secret` (one level) is not under `secret/#`... except that `secret/#` matches
+    // its parent too [MQTT-4.7.1-2]: it is denied as well.
+    assert_eq!(
+        got,
+        vec![
+            ("open/x".to_owned(), "seen".to_owned()),
+            ("open/y".to_owned(), "fence".to_owned())
+        ]
+    );
+}
+
+/// SIGHUP with an ACL that no longer lets `dev` read `dev/#`: its live subscription stops
+/// delivering at once, and a persistent session's messages queued under the old rules
+/// are withheld when it comes back.
+#[test]
+fn an_acl_reload_applies_to_existing_subscriptions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user dev\ntopic read dev/#\ntopic read other/#\nuser pub\ntopic write #\n",
+    )
+    .expect("write the ACL");
+    let broker = Broker::start_with(
+        1,
+        &[
+            ("CUTIE_AUTH__ACL_FILE", path_str(&acl)),
+            ("CUTIE_USER_DEV", "d"),
+            ("CUTIE_USER_PUB", "p"),
+        ],
+    );
+    let addr = broker.addr();
+    let dev = ["-u", "dev", "-P", "d", "-q", "1"];
+    let publish = |topic: &str, payload: &str| {
+        mosquitto_pub(
+            addr,
+            &[
+                "-u", "pub", "-P", "p", "-q", "1", "-t", topic, "-m", payload,
+            ],
+        )
+    };
+    let mut live = MosquittoSub::start(
+        addr,
+        &[
+            &dev[..],
+            &["-c", "-i", "dev-live", "-t", "dev/#", "-t", "other/#"],
+        ]
+        .concat(),
+    );
+    assert_eq!(live.granted(), vec![1, 1]);
+    let mut away = MosquittoSub::start(
+        addr,
+        &[&dev[..], &["-c", "-i", "dev-away", "-t", "dev/#", "-E"]].concat(),
+    );
+    assert!(away.wait_exit().success());
+    publish("dev/1", "before");
+    assert_eq!(live.recv().payload, "before");
+
+    std::fs::write(
+        &acl,
+        "user dev\ntopic read other/#\nuser pub\ntopic write #\n",
+    )
+    .expect("rewrite the ACL");
+    // SAFETY: kill(2) on the broker's pid.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    let mut probes = 0;
+    wait_until("the shard applies the new ACL", || {
+        probes += 1;
+        let id = format!("dev-probe-{probes}");
+        let probe = MosquittoSub::start(
+            addr,
+            &[&dev[..], &["-i", &id, "-t", "dev/#", "-E"]].concat(),
+        );
+        probe.granted() == vec![128]
+    });
+
+    publish("dev/2", "after");
+    publish("other/1", "fence");
+    let got = live.recv();
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_str()),
+        ("other/1", "fence"),
+        "the live subscription stopped delivering dev/#"
+    );
+    // The persistent session queued dev/2 under the old rules; it comes back under the
+    // new ones.
+    let mut back = MosquittoSub::start(
+        addr,
+        &[&dev[..], &["-c", "-i", "dev-away", "-t", "other/#"]].concat(),
+    );
+    publish("other/2", "fence");
+    let got = back.recv();
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_str()),
+        ("other/2", "fence"),
+        "what was queued under the old ACL is withheld"
+    );
 }
 
 #[test]
