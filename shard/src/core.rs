@@ -288,6 +288,9 @@ pub struct ShardCore {
     expiring: VecDeque<(u64, ByteString)>,
     /// Barriers in flight: token -> (acks still missing, connections waiting).
     barriers: AHashMap<Token, (u16, Vec<ConnId>)>,
+    /// The session of the QoS 2 PUBLISH whose PUBREC waits for a barrier (the
+    /// connection may be gone by the time the barrier fails, the session not).
+    inbound_barriers: AHashMap<Token, SessionKey>,
     next_token: u64,
     mesh_out: Vec<(ShardId, MeshMessage)>,
     woken: Vec<ConnId>,
@@ -343,6 +346,7 @@ impl ShardCore {
             retained_bytes: 0,
             expiring: VecDeque::new(),
             barriers: AHashMap::new(),
+            inbound_barriers: AHashMap::new(),
             next_token: 0,
             mesh_out: Vec::new(),
             woken: Vec::new(),
@@ -677,7 +681,12 @@ impl ShardCore {
             return;
         }
         log.healthy = false;
-        log.mesh_acks.clear();
+        // Peers wait for these: what they forwarded is applied here but will not be
+        // committed. Say so, or their publishers wait for ever.
+        for (_, to, token) in std::mem::take(&mut log.mesh_acks) {
+            self.mesh_out.push((to, MeshMessage::Nack(token)));
+        }
+        let Some(log) = &mut self.log else { return };
         // Nothing will be committed: what was held goes now (durability is void until
         // the log is reopened, and QoS 1/2 publishes are refused meanwhile).
         log.mesh_hold = None;
@@ -1245,13 +1254,16 @@ impl ShardCore {
                 retained,
                 forward_id,
             } => {
+                let appended_before = self.log.as_ref().map_or(0, |log| log.appended);
                 if let (true, Some(version)) = (message.retain, retained) {
                     self.store_retained(&message, version);
                 }
+                let mut duplicate = false;
                 match forward_id {
                     Some(id) if self.forwarded.contains(&id) => {
                         // A second forward of a QoS 2 message delivered here already.
                         self.stats.forward_duplicates_total += 1;
+                        duplicate = true;
                     }
                     Some(id) => {
                         self.deliver_local(&message);
@@ -1264,7 +1276,16 @@ impl ShardCore {
                     }
                 }
                 if let Some(token) = ack {
-                    self.ack_when_committed(from, token);
+                    // Logged now, or (a second forward) maybe not committed before the
+                    // log failed: not durable here.
+                    let failed = self.log.as_ref().is_some_and(|log| {
+                        !log.healthy && (duplicate || log.appended > appended_before)
+                    });
+                    if failed {
+                        self.mesh_out.push((from, MeshMessage::Nack(token)));
+                    } else {
+                        self.ack_when_committed(from, token);
+                    }
                 }
             }
             MeshMessage::Retained { message, version } => {
@@ -1294,6 +1315,7 @@ impl ShardCore {
                     None => false,
                 };
                 if done {
+                    self.inbound_barriers.remove(&token);
                     if let Some((_, waiting)) = self.barriers.remove(&token) {
                         for conn_id in waiting {
                             self.flush_deferred(conn_id);
@@ -1301,6 +1323,45 @@ impl ShardCore {
                     }
                 }
             }
+            MeshMessage::Nack(token) => self.fail_barrier(token),
+        }
+    }
+
+    /// A peer could not make durable what it got under `token`: the barrier fails. Its
+    /// waiting connections are closed with what they are owed from the failed
+    /// acknowledgement on (their clients send those messages again, as when this shard's
+    /// own log fails), and a QoS 2 PUBLISH that waited for it is routed again, under the
+    /// same forward id, when it is re-sent: it never waits on a dead barrier, and a peer
+    /// that did take it delivers it once.
+    fn fail_barrier(&mut self, token: Token) {
+        let Some((_, waiting)) = self.barriers.remove(&token) else {
+            return;
+        };
+        self.stats.barriers_failed_total += 1;
+        if let Some(key) = self.inbound_barriers.remove(&token) {
+            if let Some(session) = self.sessions.get_mut(key) {
+                for entry in session.inbound_qos2.values_mut() {
+                    if entry.token == Some(token) {
+                        entry.token = None;
+                        entry.restored = true;
+                    }
+                }
+            }
+        }
+        for conn_id in waiting {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                continue;
+            };
+            // Acknowledgements behind the failed one are not sent either: in order, or
+            // not at all [MQTT-4.6.0-2].
+            if let Some(position) = conn.deferred.iter().position(|(t, _)| *t == Some(token)) {
+                conn.deferred.truncate(position);
+            }
+            tracing::debug!(
+                conn = conn_id.0,
+                "a peer shard's log failed: closing without the acknowledgement"
+            );
+            self.close_conn(conn_id, true);
         }
     }
 
@@ -1530,6 +1591,9 @@ impl ShardCore {
                     Some(first) if first.restored => {
                         let forward_id = (first.forward_id != 0).then_some(first.forward_id);
                         let token = self.route(message, true, forward_id, false);
+                        if let Some(token) = token {
+                            self.inbound_barriers.insert(token, key);
+                        }
                         if let Some(entry) = self.sessions[key].inbound_qos2.get_mut(&packet_id) {
                             entry.restored = false;
                             entry.token = token;
@@ -1550,6 +1614,9 @@ impl ShardCore {
                         });
                         let first_forward = self.mesh_out.len();
                         let token = self.route(message, true, forward_id, true);
+                        if let Some(token) = token {
+                            self.inbound_barriers.insert(token, key);
+                        }
                         let session = &mut self.sessions[key];
                         session.inbound_qos2.insert(
                             packet_id,

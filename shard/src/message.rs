@@ -99,6 +99,10 @@ pub enum MeshMessage {
     },
     /// A barrier answer: the change sent with `Token` is applied on the sending shard.
     Ack(Token),
+    /// A barrier answer: the sending shard applied the change in memory but its log has
+    /// failed, so it cannot be made durable. The barrier fails: what waits for it is not
+    /// acknowledged (its client keeps the message and sends it again).
+    Nack(Token),
     /// The publisher released (PUBREL) the QoS 2 message forwarded under this id: the
     /// receiver forgets it.
     ForwardDone {

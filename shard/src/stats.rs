@@ -248,6 +248,9 @@ pub struct ShardStats {
     pub retained_refused_total: u64,
     /// Persistent sessions removed for `persistent_session_expiry_ms`.
     pub sessions_expired_total: u64,
+    /// Barriers failed by a peer whose log failed ([`crate::MeshMessage::Nack`]): their
+    /// connections were closed without the acknowledgement.
+    pub barriers_failed_total: u64,
     /// Messages withheld from a subscriber its policy does not let read the topic.
     pub deliveries_denied_total: u64,
     /// CONNECTs refused with CONNACK 1 for a protocol level this broker does not speak

@@ -415,3 +415,57 @@ fn a_qos2_forward_waits_for_the_publishers_log_and_is_not_delivered_twice_after_
     p.commit(0);
     assert!(p.durable[1].forwarded().is_empty());
 }
+
+#[test]
+fn a_peer_whose_log_fails_fails_the_barrier_and_a_resent_qos2_is_forwarded_again() {
+    let (mut p, publisher, subscriber) = subscribed_pair();
+    output(&mut p.shards[0], 2);
+    send(&mut p.shards[0], 2, qos2_publish(b"z", false));
+    p.commit(0);
+    p.mesh();
+    // The subscriber's shard applied the forward, logged it, and its log fails before
+    // the commit: it answers Nack, not silence.
+    p.take(1);
+    p.shards[1].log_failed();
+    p.mesh();
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        p.shards[0].take_output(ConnId(2), &mut buf),
+        OutputState::Close,
+        "the publisher is not left waiting for an ack that will never come"
+    );
+    assert!(buf.is_empty(), "and gets no PUBREC: {buf:?}");
+    assert_eq!(p.shards[0].stats.barriers_failed_total, 1);
+    p.shards[0].conn_closed(ConnId(2));
+
+    // Re-sent while the peer's log is still failed: forwarded again (not waiting on
+    // the dead barrier, not PUBRECed without the peer), refused again.
+    connect(&mut p.shards[0], 3, &publisher, false);
+    p.commit(0);
+    output(&mut p.shards[0], 3);
+    send(&mut p.shards[0], 3, qos2_publish(b"z", true));
+    p.commit(0);
+    p.mesh();
+    assert!(!p.shards[0].connection_open(ConnId(3)));
+    assert_eq!(p.shards[0].stats.barriers_failed_total, 2);
+    p.shards[0].conn_closed(ConnId(3));
+
+    // The peer's log is back (it snapshots its whole state): the next re-send is
+    // acknowledged, and the subscriber got the message once.
+    let seq = p.shards[1].take_records(&mut p.taken[1]);
+    for record in p.taken[1].drain(..) {
+        p.durable[1].apply(&record).unwrap();
+    }
+    p.shards[1].log_recovered(seq);
+    connect(&mut p.shards[0], 4, &publisher, false);
+    p.commit(0);
+    output(&mut p.shards[0], 4);
+    send(&mut p.shards[0], 4, qos2_publish(b"z", true));
+    p.commit(0);
+    p.mesh();
+    p.commit(1);
+    p.mesh();
+    p.commit(0);
+    assert_eq!(output(&mut p.shards[0], 4), vec![Packet::PubRec(id(4))]);
+    assert_eq!(queued_to(&p.durable[1], &subscriber), 1, "delivered once");
+}

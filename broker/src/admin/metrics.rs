@@ -462,6 +462,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.sessions_expired_total,
     ),
     counter(
+        "cutie_mesh_barriers_failed_total",
+        "Publishes not acknowledged because a shard they went to could not log them.",
+        &[],
+        |v| v.stats.barriers_failed_total,
+    ),
+    counter(
         "cutie_deliveries_denied_total",
         "Messages withheld from a subscriber the ACL does not let read their topic.",
         &[],

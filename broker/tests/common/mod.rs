@@ -423,6 +423,18 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// What [`Client::request`] got back.
+#[allow(dead_code)] // not every test binary uses it
+#[derive(Debug)]
+pub enum Answer {
+    /// A packet.
+    Packet(Packet),
+    /// The broker closed the connection.
+    Closed,
+    /// Nothing within the read timeout: the broker left the request hanging.
+    Silence,
+}
+
 /// A minimal MQTT 3.1.1 client over a blocking socket.
 pub struct Client {
     stream: TcpStream,
@@ -474,6 +486,32 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends `packet` and says what came back: the first packet, the connection
+    /// closing, or nothing within the read timeout (10 s).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn request(&mut self, packet: Packet) -> Answer {
+        self.send(packet);
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Answer::Packet(packet);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Answer::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Answer::Silence
+                }
+                Err(_) => return Answer::Closed,
             }
         }
     }
