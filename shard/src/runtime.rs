@@ -592,6 +592,9 @@ struct Shard {
     peers_recovered: Cell<usize>,
     /// Woken at each `Envelope::Recovered`.
     peer_recovered: Notify,
+    /// Connections handed over before every peer's `Envelope::Recovered` arrived: they
+    /// start once it has (see `HandOff` in `serve`).
+    early_handoffs: RefCell<Vec<HandOff>>,
     /// Per peer shard: what waits to go into its mesh channel, in order (see
     /// [`Outbox`]).
     outboxes: Vec<Outbox>,
@@ -847,6 +850,7 @@ async fn run_shard(setup: ShardSetup) {
         log_stop: Cell::new(false),
         peers_recovered: Cell::new(0),
         peer_recovered: Notify::default(),
+        early_handoffs: RefCell::new(Vec::new()),
         outboxes: (0..n).map(|_| Outbox::default()).collect(),
         delivery_latency_us: RefCell::new(latency_histogram()),
         wal_commit_latency_us: Rc::new(RefCell::new(latency_histogram())),
@@ -903,18 +907,16 @@ async fn run_shard(setup: ShardSetup) {
                         shard.peer_recovered.notify();
                     }
                     Envelope::HandOff(handoff) => {
-                        // SAFETY: the fd is a connected TCP socket we own (moved here).
-                        let stream =
-                            Box::new(unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) });
-                        let shard = shard.clone();
-                        let task = run_connection(
-                            shard,
-                            stream,
-                            handoff.connect,
-                            handoff.rest,
-                            handoff.admitted,
-                        );
-                        glommio::spawn_local(task).detach();
+                        // The peer accepts clients once it has every shard's recovery
+                        // marker; this shard may not have them all yet. A client served
+                        // now could publish before the restored subscriptions of a
+                        // third shard are known here, and have a QoS 1 message
+                        // acknowledged that never reaches them: it waits.
+                        if shard.peers_recovered.get() + 1 < n {
+                            shard.early_handoffs.borrow_mut().push(handoff);
+                        } else {
+                            start_handoff(&shard, handoff);
+                        }
                     }
                 }
             }
@@ -964,6 +966,10 @@ async fn run_shard(setup: ShardSetup) {
     }
     while shard.peers_recovered.get() + 1 < n {
         shard.peer_recovered.wait().await;
+    }
+    let early = std::mem::take(&mut *shard.early_handoffs.borrow_mut());
+    for handoff in early {
+        start_handoff(&shard, handoff);
     }
     health
         .last_tick_ms
@@ -1385,6 +1391,20 @@ async fn refuse_connect(stream: &mut TcpStream, code: cutie_codec::ConnectReturn
     .encode(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
+}
+
+/// Serves a connection another shard handed over.
+fn start_handoff(shard: &Rc<Shard>, handoff: HandOff) {
+    // SAFETY: the fd is a connected TCP socket we own (moved here).
+    let stream = Box::new(unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) });
+    let task = run_connection(
+        shard.clone(),
+        stream,
+        handoff.connect,
+        handoff.rest,
+        handoff.admitted,
+    );
+    glommio::spawn_local(task).detach();
 }
 
 /// Accepts on a listening socket until `stop`, refusing connections while the broker
