@@ -74,6 +74,11 @@ pub struct Limits {
     /// An offline persistent session is removed after this long without its client
     /// (Mosquitto's `persistent_client_expiration`). 0: never.
     pub persistent_session_expiry_ms: u64,
+    /// Records produced and not yet taken by the log writer. At this many the runtime
+    /// stops reading clients and peers of the shard until the writer takes them (see
+    /// [`ShardCore::log_backlogged`]): with durability `batch` or `none` nothing else
+    /// holds a fast publisher back while the disk is slower than the network.
+    pub log_pending_records_max: usize,
 }
 
 impl Limits {
@@ -103,6 +108,7 @@ impl Default for Limits {
             retained_messages_max: 0,
             retained_bytes_max: 0,
             persistent_session_expiry_ms: 0,
+            log_pending_records_max: 65_536,
         }
     }
 }
@@ -625,6 +631,15 @@ impl ShardCore {
             }
             None => 0,
         }
+    }
+
+    /// Whether the records waiting for the log writer reached
+    /// `Limits::log_pending_records_max`: the runtime reads nothing more (sockets, mesh)
+    /// until the writer has taken them.
+    pub fn log_backlogged(&self) -> bool {
+        self.log
+            .as_ref()
+            .is_some_and(|log| log.records.len() >= self.limits.log_pending_records_max.max(1))
     }
 
     /// Whether records wait to be taken.

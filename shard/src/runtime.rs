@@ -582,6 +582,8 @@ struct Shard {
     stopping: Cell<bool>,
     /// Signalled after every read: acknowledgements may have drained a paced queue.
     drained: Drained,
+    /// Signalled after each log round: the writer took the records waiting for it.
+    log_room: Drained,
     /// The buffer every socket read of this shard goes through (see `read_some`).
     scratch: RefCell<Box<[u8]>>,
     /// Wakes the log task: the core has records.
@@ -709,6 +711,22 @@ impl Shard {
         while self.core.borrow().is_congested(key, self.now_ms()) {
             futures_lite::future::or(self.drained.wait(), async {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
+            })
+            .await;
+        }
+    }
+
+    /// While the records produced wait for the log writer in numbers
+    /// (`ShardCore::log_backlogged`), waits: the input that produced them (a client's
+    /// socket, a peer's channel) is not read meanwhile.
+    async fn wait_log_room(&self) {
+        if !self.core.borrow().log_backlogged() {
+            return;
+        }
+        self.core.borrow_mut().stats.log_paced_total += 1;
+        while self.core.borrow().log_backlogged() {
+            futures_lite::future::or(self.log_room.wait(), async {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
             })
             .await;
         }
@@ -846,6 +864,7 @@ async fn run_shard(setup: ShardSetup) {
         stopping: Cell::new(false),
         scratch: RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice()),
         drained: Drained::default(),
+        log_room: Drained::default(),
         log_wake: Notify::default(),
         log_stop: Cell::new(false),
         peers_recovered: Cell::new(0),
@@ -862,7 +881,10 @@ async fn run_shard(setup: ShardSetup) {
             let shard = shard.clone();
             let health = health.clone();
             Some(glommio::spawn_local(async move {
-                let after_round = || shard.flush_nowait();
+                let after_round = || {
+                    shard.flush_nowait();
+                    shard.log_room.wake_all();
+                };
                 let task = crate::durable::LogTask {
                     config: log_config,
                     shard: u32::from(shard.id.0),
@@ -900,6 +922,7 @@ async fn run_shard(setup: ShardSetup) {
                         // Pacing the mesh channel fills it, which paces the publisher
                         // on the other shard.
                         shard.pace().await;
+                        shard.wait_log_room().await;
                         futures_lite::future::yield_now().await;
                     }
                     Envelope::Recovered => {
@@ -1646,6 +1669,9 @@ async fn run_connection(
                 shard.drained.wake_all();
                 if shard.core.borrow().has_pressure() {
                     Box::pin(shard.pace()).await;
+                }
+                if shard.core.borrow().log_backlogged() {
+                    Box::pin(shard.wait_log_room()).await;
                 }
                 // Over its publish rate: read nothing more (TCP backpressure reaches the
                 // client) until its next token, then go on with what is buffered.

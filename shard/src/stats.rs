@@ -251,6 +251,9 @@ pub struct ShardStats {
     /// Barriers failed by a peer whose log failed ([`crate::MeshMessage::Nack`]): their
     /// connections were closed without the acknowledgement.
     pub barriers_failed_total: u64,
+    /// Times input (a client's or a peer's) waited for the log writer to take the
+    /// records produced (`Limits::log_pending_records_max`).
+    pub log_paced_total: u64,
     /// Messages withheld from a subscriber its policy does not let read the topic.
     pub deliveries_denied_total: u64,
     /// CONNECTs refused with CONNACK 1 for a protocol level this broker does not speak

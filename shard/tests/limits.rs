@@ -199,3 +199,48 @@ fn persistent_sessions_expire_after_their_client_stays_away() {
         .collect();
     assert_eq!(dropped, ["gone", "back"]);
 }
+
+/// With durability `batch` nothing waits for the log, so only this bound keeps a fast
+/// publisher from piling up records faster than the disk takes them: at
+/// `log_pending_records_max` the core says so and the runtime stops reading.
+#[test]
+fn records_waiting_for_the_log_writer_are_bounded() {
+    let mut core = ShardCore::new(
+        ShardId(0),
+        1,
+        Limits {
+            log_pending_records_max: 16,
+            ..Limits::default()
+        },
+    )
+    .with_durability(cutie_shard::Durability::Batch);
+    connect(&mut core, 1, "offline-sub", false);
+    common::send(
+        &mut core,
+        1,
+        common::subscribe_packet(&[("t", QoS::AtLeastOnce)]),
+    );
+    core.connection_lost(ConnId(1), 0);
+    let mut taken = Vec::new();
+    core.take_records(&mut taken);
+    connect(&mut core, 2, "pub", true);
+    let mut published = 0u16;
+    while !core.log_backlogged() {
+        published += 1;
+        assert!(published < 100, "the backlog never reached its bound");
+        common::send(
+            &mut core,
+            2,
+            Packet::Publish(Publish {
+                dup: false,
+                qos: PublishQos::AtLeastOnce(common::id(published)),
+                retain: false,
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from_static(b"x"),
+            }),
+        );
+    }
+    assert_eq!(published, 16, "one MessageQueued record per message");
+    core.take_records(&mut taken);
+    assert!(!core.log_backlogged(), "the writer took them: room again");
+}

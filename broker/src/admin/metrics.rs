@@ -468,6 +468,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.barriers_failed_total,
     ),
     counter(
+        "cutie_wal_paced_total",
+        "Times input waited for the log writer to take the records produced.",
+        &[],
+        |v| v.stats.log_paced_total,
+    ),
+    counter(
         "cutie_deliveries_denied_total",
         "Messages withheld from a subscriber the ACL does not let read their topic.",
         &[],
