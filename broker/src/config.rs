@@ -242,6 +242,16 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Serve the endpoint at all.
     pub enabled: bool,
+    /// Connections open at once; a new one closes the oldest idle one (no whole request
+    /// yet) rather than being refused, so probes get through.
+    pub connections_max: usize,
+    /// Connections open at once from one IP address; a new one closes that address's
+    /// oldest idle one. At most `connections_max`.
+    pub connections_per_address_max: usize,
+    /// Seconds a connection has, from accept, to send its whole request head.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open in all, answer included.
+    pub connection_timeout_secs: u64,
 }
 
 /// `[limits]`: every queue and buffer a client can fill has its bound here.
@@ -349,6 +359,10 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             enabled: true,
+            connections_max: 64,
+            connections_per_address_max: 16,
+            header_read_timeout_secs: 5,
+            connection_timeout_secs: 30,
         }
     }
 }
@@ -466,24 +480,25 @@ pub struct Violation {
     pub reason: String,
 }
 
+/// `value` is within `min..=max`, or `key` is out of range.
+fn range<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), Violation> {
+    if value < min || value > max {
+        return Err(Violation {
+            key,
+            reason: format!("must be between {min} and {max}, got {value}"),
+        });
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks every range; returns the first key out of range.
     pub fn validate(&self) -> Result<(), Violation> {
-        fn range<T: PartialOrd + fmt::Display>(
-            key: &'static str,
-            value: T,
-            min: T,
-            max: T,
-        ) -> Result<(), Violation> {
-            if value < min || value > max {
-                return Err(Violation {
-                    key,
-                    reason: format!("must be between {min} and {max}, got {value}"),
-                });
-            }
-            Ok(())
-        }
-
         range("shards", self.shards, 1, SHARDS_MAX)?;
         range("sys_interval_secs", self.sys_interval_secs, 0, 86_400)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
@@ -508,6 +523,7 @@ impl Config {
             });
         }
         self.validate_tls()?;
+        self.validate_admin()?;
 
         let limits = &self.limits;
         range(
@@ -627,6 +643,30 @@ impl Config {
             1 << 40,
         )?;
         Ok(())
+    }
+
+    /// `[admin]`'s bounds on its clients.
+    fn validate_admin(&self) -> Result<(), Violation> {
+        let admin = &self.admin;
+        range("admin.connections_max", admin.connections_max, 1, 65_536)?;
+        range(
+            "admin.connections_per_address_max",
+            admin.connections_per_address_max,
+            1,
+            admin.connections_max,
+        )?;
+        range(
+            "admin.header_read_timeout_secs",
+            admin.header_read_timeout_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "admin.connection_timeout_secs",
+            admin.connection_timeout_secs,
+            admin.header_read_timeout_secs,
+            86_400,
+        )
     }
 
     /// `listener.tls` and `[tls]`: the listener's address is free and its files are
@@ -1613,6 +1653,19 @@ mod tests {
             ("runtime.mesh_channel_capacity", |c| {
                 c.runtime.mesh_channel_capacity = 0
             }),
+            ("admin.connections_max", |c| c.admin.connections_max = 0),
+            ("admin.connections_per_address_max", |c| {
+                c.admin.connections_per_address_max = 0
+            }),
+            ("admin.connections_per_address_max", |c| {
+                c.admin.connections_per_address_max = c.admin.connections_max + 1
+            }),
+            ("admin.header_read_timeout_secs", |c| {
+                c.admin.header_read_timeout_secs = 0
+            }),
+            ("admin.connection_timeout_secs", |c| {
+                c.admin.connection_timeout_secs = c.admin.header_read_timeout_secs - 1
+            }),
         ];
         for (key, break_it) in cases {
             let mut config = Config::default();
@@ -1627,6 +1680,9 @@ mod tests {
         edges.limits.max_inflight = u16::MAX;
         edges.runtime.ring_depth = 8;
         edges.runtime.io_memory_bytes = 64 * 1024;
+        edges.admin.connections_max = 1;
+        edges.admin.connections_per_address_max = 1;
+        edges.admin.connection_timeout_secs = edges.admin.header_read_timeout_secs;
         assert_eq!(edges.validate(), Ok(()));
     }
 

@@ -168,6 +168,12 @@ fn run(
         let prometheus = admin::install_recorder()?;
         Some(admin::AdminServer::start(
             config.admin.listen,
+            admin::Limits {
+                connections_max: config.admin.connections_max,
+                connections_per_address_max: config.admin.connections_per_address_max,
+                header_read_timeout: Duration::from_secs(config.admin.header_read_timeout_secs),
+                connection_timeout: Duration::from_secs(config.admin.connection_timeout_secs),
+            },
             config.shards,
             prometheus,
         )?)

@@ -15,14 +15,16 @@
 //! still read it).
 //!
 //! The hash is PBKDF2-SHA512 in Mosquitto's `$7$` format ([`crate::auth::hash`]). When
-//! standard input is not a terminal the two password lines are read from it as they
-//! come (`printf 'pw\npw\n' | cutie passwd FILE USER`).
+//! standard input is a terminal the prompt and the typing happen on the controlling
+//! terminal with echo off (`rpassword`, which restores the terminal after); when it is
+//! not, the two password lines are read from it as they come
+//! (`printf 'pw\npw\n' | cutie passwd FILE USER`).
 //!
 //! Exit codes: 0 done, 1 failed (the message says why), 2 bad command line.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -214,26 +216,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
-/// Reads the password twice from standard input, without echo on a terminal.
+/// Reads the password twice: from the terminal without echo (rpassword) when standard
+/// input is one, else as two lines of standard input.
 fn prompt_password() -> Result<Vec<u8>, String> {
-    let first = read_secret("Password: ")?;
-    let second = read_secret("Reenter password: ")?;
+    let terminal = std::io::stdin().is_terminal();
+    let first = read_secret("Password: ", terminal)?;
+    let second = read_secret("Reenter password: ", terminal)?;
     if first != second {
         return Err("passwords do not match".to_owned());
     }
     Ok(first)
 }
 
-fn read_secret(prompt: &str) -> Result<Vec<u8>, String> {
+fn read_secret(prompt: &str, terminal: bool) -> Result<Vec<u8>, String> {
+    const END_OF_INPUT: &str = "no password given (end of input)";
+    if terminal {
+        // On the controlling terminal (/dev/tty), echo off while it is typed.
+        return match rpassword::prompt_password(prompt) {
+            Ok(password) => Ok(password.into_bytes()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(END_OF_INPUT.to_owned()),
+            Err(e) => Err(format!("cannot read the password: {e}")),
+        };
+    }
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
-    let echo_off = EchoOff::new(libc::STDIN_FILENO)?;
     let mut line = Vec::new();
-    let read = std::io::stdin().lock().read_until(b'\n', &mut line);
-    drop(echo_off);
-    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    std::io::stdin()
+        .lock()
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
     if line.is_empty() {
-        return Err("no password given (end of input)".to_owned());
+        return Err(END_OF_INPUT.to_owned());
     }
     if line.last() == Some(&b'\n') {
         line.pop();
@@ -242,55 +255,6 @@ fn read_secret(prompt: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(line)
-}
-
-/// Turns off echo on a terminal (keeping the newline echoed) until dropped.
-struct EchoOff {
-    fd: libc::c_int,
-    saved: libc::termios,
-}
-
-impl std::fmt::Debug for EchoOff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EchoOff").field("fd", &self.fd).finish()
-    }
-}
-
-impl EchoOff {
-    /// `None` when `fd` is not a terminal: there is no echo to turn off.
-    fn new(fd: libc::c_int) -> Result<Option<Self>, String> {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(fd) } != 1 {
-            return Ok(None);
-        }
-        // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: `saved` is a valid termios to write into.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return Err(format!(
-                "cannot read the terminal settings: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        // SAFETY: `quiet` is an initialised termios.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
-            return Err(format!(
-                "cannot turn off echo: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(Some(EchoOff { fd, saved }))
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        // SAFETY: restores the settings read in `new` on the same descriptor.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `cutie passwd` and the password-file parser against the real Mosquitto tools:
 //!
 //! - the built `cutie passwd` creates, updates and deletes users, keeps other lines,
-//!   writes mode 0600, prompts on standard input, and refuses bad command lines;
+//!   writes mode 0600, prompts on standard input, prompts on a terminal (a pseudo-
+//!   terminal here) without echoing the password, and refuses bad command lines;
 //! - files written by `mosquitto_passwd` (`$7$` and `$6$`) verify with our parser;
 //! - a real Mosquitto broker (`allow_anonymous false`, `password_file` written by
 //!   `cutie passwd`) accepts `mosquitto_pub` with the right password and refuses a wrong
@@ -221,6 +222,106 @@ fn prompts_twice_on_standard_input() {
         before,
         "file untouched"
     );
+}
+
+/// `cutie passwd` with a pseudo-terminal as its controlling terminal and standard input,
+/// output and error: the password typed after each prompt is never echoed.
+#[test]
+fn prompts_on_a_terminal_without_echo() {
+    use std::io::Read as _;
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let (mut master, slave) = {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two new descriptors, which we then own.
+        let opened = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned by nobody else.
+        unsafe {
+            (
+                std::fs::File::from(OwnedFd::from_raw_fd(master)),
+                OwnedFd::from_raw_fd(slave),
+            )
+        }
+    };
+    let mut command = Command::new(CUTIE);
+    command
+        .args(["passwd", "-c", path_str(&file), "erin"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+    // controlling terminal is the pseudo-terminal (standard input by now), so that
+    // /dev/tty is it.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    drop(slave);
+
+    // The terminal's output, read on a thread of its own (it ends with EIO once the child
+    // has closed its side).
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buffer) {
+            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut transcript = Vec::new();
+    let wait_for = |text: &str, transcript: &mut Vec<u8>| {
+        let deadline = Instant::now() + CHILD_TIMEOUT;
+        while !String::from_utf8_lossy(transcript).contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => transcript.extend(chunk),
+                Err(_) => panic!(
+                    "no {text:?} on the terminal: {:?}",
+                    String::from_utf8_lossy(transcript)
+                ),
+            }
+        }
+    };
+    wait_for("Password: ", &mut transcript);
+    master.write_all(b"tty secret\n").unwrap();
+    wait_for("Reenter password: ", &mut transcript);
+    master.write_all(b"tty secret\n").unwrap();
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "cutie passwd did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+        transcript.extend(chunk);
+    }
+    let transcript = String::from_utf8_lossy(&transcript).into_owned();
+    assert!(status.success(), "{status}: {transcript:?}");
+    assert!(!transcript.contains("secret"), "echoed: {transcript:?}");
+    assert!(PasswordFile::load(&file)
+        .unwrap()
+        .verify("erin", b"tty secret"));
 }
 
 #[test]

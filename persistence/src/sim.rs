@@ -157,7 +157,7 @@ fn torn_content(durable: &[u8], current: &[u8], rng: &mut Rng) -> Vec<u8> {
     }
     // A truncation (perhaps followed by appends) that was not synced: either it did not
     // reach the disk, or it did, with some prefix of what followed.
-    if rng.next() % 2 == 0 {
+    if rng.next().is_multiple_of(2) {
         return durable.to_vec();
     }
     let common = durable

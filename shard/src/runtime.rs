@@ -1042,7 +1042,7 @@ async fn run_shard(setup: ShardSetup) {
         }
         shard.flush().await;
         // Counting retained messages walks the store: once a second is enough.
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             retained = shard.core.borrow().retained_count() as u64;
         }
         ticks += 1;

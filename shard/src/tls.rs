@@ -33,6 +33,8 @@ use rustls::{RootCertStore, ServerConfig};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 /// Largest PEM file read (a certificate chain, a key, a CA bundle): a bound, not a
 /// format limit; a system CA bundle is about 200 KiB.
@@ -270,105 +272,24 @@ impl CertificateUser {
     }
 }
 
-/// The first subject common name (OID 2.5.4.3) of a DER certificate, if it is a valid
-/// MQTT user name. Only certificates that rustls has verified reach this; it still
-/// checks every length and never panics.
+/// The first subject common name (OID 2.5.4.3) of a DER certificate, if it is a string
+/// (UTF8String, PrintableString, IA5String or NumericString) and a valid MQTT user name.
+/// Only certificates that rustls has verified reach this; x509-parser still checks every
+/// length, and a certificate it cannot parse names no one.
 pub fn common_name(certificate_der: &[u8]) -> Option<ByteString> {
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const OID: u8 = 0x06;
-    const VERSION: u8 = 0xa0; // [0] EXPLICIT
-    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
-    const UTF8_STRING: u8 = 0x0c;
-    const PRINTABLE_STRING: u8 = 0x13;
-    const IA5_STRING: u8 = 0x16;
-
-    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-    //   serialNumber, signature, issuer, validity, subject, ... }, ... }
-    let certificate = Der(certificate_der).expect(SEQUENCE)?;
-    let mut tbs = Der(Der(certificate).expect(SEQUENCE)?);
-    let (first, _) = tbs.next()?;
-    if first == VERSION {
-        tbs.next()?; // serialNumber
-    }
-    tbs.next()?; // signature
-    tbs.next()?; // issuer
-    tbs.next()?; // validity
-    let (tag, subject) = tbs.next()?;
-    if tag != SEQUENCE {
+    let (_, certificate) = X509Certificate::from_der(certificate_der).ok()?;
+    let name = certificate
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?;
+    // An MQTT user name: a UTF-8 string of at most 65535 bytes, no U+0000
+    // [MQTT-1.5.3-2]; an empty one names no one.
+    if name.is_empty() || name.len() > usize::from(u16::MAX) || name.contains('\0') {
         return None;
     }
-    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }
-    let mut names = Der(subject);
-    while let Some((tag, set)) = names.next() {
-        if tag != SET {
-            return None;
-        }
-        let mut attributes = Der(set);
-        while let Some((tag, attribute)) = attributes.next() {
-            if tag != SEQUENCE {
-                return None;
-            }
-            let mut attribute = Der(attribute);
-            let (tag, oid) = attribute.next()?;
-            if tag != OID || oid != COMMON_NAME {
-                continue;
-            }
-            let (tag, value) = attribute.next()?;
-            let name = match tag {
-                UTF8_STRING => std::str::from_utf8(value).ok()?,
-                PRINTABLE_STRING | IA5_STRING if value.is_ascii() => {
-                    std::str::from_utf8(value).ok()?
-                }
-                _ => return None,
-            };
-            // An MQTT user name: a UTF-8 string of at most 65535 bytes, no U+0000
-            // [MQTT-1.5.3-2]; an empty one names no one.
-            if name.is_empty() || name.len() > usize::from(u16::MAX) || name.contains('\0') {
-                return None;
-            }
-            return Some(ByteString::from(name));
-        }
-    }
-    None
-}
-
-/// A reader of DER elements (tag, definite length, contents) over a byte slice.
-struct Der<'a>(&'a [u8]);
-
-impl<'a> Der<'a> {
-    /// The next element's tag and contents; `None` at the end or on a malformed length.
-    /// Only single-byte tags, as every element read here has.
-    fn next(&mut self) -> Option<(u8, &'a [u8])> {
-        let (&tag, rest) = self.0.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let length = if first < 0x80 {
-            usize::from(first)
-        } else {
-            // Long form: the low bits say how many length bytes follow. 0 is BER's
-            // indefinite length, which DER forbids; more than 4 is not a certificate.
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 {
-                return None;
-            }
-            let (bytes, after) = rest.split_at_checked(count)?;
-            rest = after;
-            bytes
-                .iter()
-                .fold(0usize, |length, &byte| (length << 8) | usize::from(byte))
-        };
-        let (contents, after) = rest.split_at_checked(length)?;
-        self.0 = after;
-        Some((tag, contents))
-    }
-
-    /// The contents of the next element, if it has tag `tag`.
-    fn expect(mut self, tag: u8) -> Option<&'a [u8]> {
-        match self.next()? {
-            (found, contents) if found == tag => Some(contents),
-            _ => None,
-        }
-    }
+    Some(ByteString::from(name))
 }
 
 #[cfg(test)]
@@ -418,60 +339,78 @@ mod tests {
         assert_eq!(common_name(&der).as_deref(), Some("device 7"));
     }
 
-    /// A DER element.
-    fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        if contents.len() < 0x80 {
-            out.push(contents.len() as u8);
-        } else {
-            out.push(0x82);
-            out.extend_from_slice(&(contents.len() as u16).to_be_bytes());
+    /// Gives every attribute of type `from` in `der`'s names the type `to` (rcgen keeps
+    /// one value per attribute type, so a second CN is made from another attribute).
+    /// The signature no longer matches; nothing here checks it.
+    fn retype_attributes(der: &mut [u8], from: [u8; 3], to: [u8; 3]) {
+        let pattern = [0x06, 0x03, from[0], from[1], from[2]];
+        let mut found = 0;
+        for i in 0..der.len().saturating_sub(pattern.len()) {
+            if der[i..i + pattern.len()] == pattern {
+                der[i + 2..i + 5].copy_from_slice(&to);
+                found += 1;
+            }
         }
-        out.extend_from_slice(contents);
-        out
+        // Issuer and subject: the certificate is self-signed.
+        assert_eq!(found, 2);
     }
 
-    /// The skeleton of a certificate whose subject is `subject` (rcgen keeps one value
-    /// per attribute type, so two CNs are built by hand).
-    fn certificate_with_subject(version: bool, subject: &[Vec<u8>]) -> Vec<u8> {
-        let mut tbs = Vec::new();
-        if version {
-            tbs.extend(tlv(0xa0, &tlv(0x02, &[2])));
-        }
-        tbs.extend(tlv(0x02, &[1])); // serialNumber
-        tbs.extend(tlv(0x30, &[])); // signature
-        tbs.extend(tlv(0x30, &[])); // issuer
-        tbs.extend(tlv(0x30, &[])); // validity
-        tbs.extend(tlv(0x30, &subject.concat()));
-        tlv(0x30, &tlv(0x30, &tbs))
-    }
-
-    fn rdn(oid: &[u8], tag: u8, value: &str) -> Vec<u8> {
-        tlv(
-            0x31,
-            &tlv(0x30, &[tlv(0x06, oid), tlv(tag, value.as_bytes())].concat()),
-        )
-    }
+    const CN: [u8; 3] = [0x55, 0x04, 0x03];
+    const OU: [u8; 3] = [0x55, 0x04, 0x0b];
 
     #[test]
     fn the_first_of_two_common_names_is_taken() {
-        const CN: &[u8] = &[0x55, 0x04, 0x03];
-        const O: &[u8] = &[0x55, 0x04, 0x0a];
-        let subject = [
-            rdn(O, 0x0c, "org"),
-            rdn(CN, 0x0c, "first"),
-            rdn(CN, 0x0c, "second"),
-        ];
-        for version in [true, false] {
-            let der = certificate_with_subject(version, &subject);
-            assert_eq!(common_name(&der).as_deref(), Some("first"));
-        }
-        // A CN of a string type that is not taken (BMPString) names no one.
-        let der = certificate_with_subject(true, &[rdn(CN, 0x1e, "xy")]);
+        let mut der = certificate_with(dn(&[
+            (DnType::OrganizationName, DnValue::Utf8String("org".into())),
+            (DnType::CommonName, DnValue::Utf8String("first".into())),
+            (
+                DnType::OrganizationalUnitName,
+                DnValue::Utf8String("second".into()),
+            ),
+        ]));
+        assert_eq!(common_name(&der).as_deref(), Some("first"));
+        retype_attributes(&mut der, OU, CN);
+        assert_eq!(common_name(&der).as_deref(), Some("first"));
+
+        // Only the first counts, even when the second would do.
+        let mut der = certificate_with(dn(&[
+            (
+                DnType::OrganizationalUnitName,
+                DnValue::BmpString("xy".try_into().unwrap()),
+            ),
+            (DnType::CommonName, DnValue::Utf8String("second".into())),
+        ]));
+        retype_attributes(&mut der, OU, CN);
         assert_eq!(common_name(&der), None);
-        // A long CN (two length bytes).
+    }
+
+    #[test]
+    fn common_names_of_other_string_types_name_no_one() {
+        let der = certificate_with(dn(&[(
+            DnType::CommonName,
+            DnValue::BmpString("xy".try_into().unwrap()),
+        )]));
+        assert_eq!(common_name(&der), None);
+        let der = certificate_with(dn(&[(
+            DnType::CommonName,
+            DnValue::UniversalString("xy".try_into().unwrap()),
+        )]));
+        assert_eq!(common_name(&der), None);
+    }
+
+    #[test]
+    fn common_name_is_read_from_an_ia5_string_and_a_long_one_whole() {
+        let der = certificate_with(dn(&[(
+            DnType::CommonName,
+            DnValue::Ia5String("mail@example.com".try_into().unwrap()),
+        )]));
+        assert_eq!(common_name(&der).as_deref(), Some("mail@example.com"));
+        // Two length bytes.
         let long = "n".repeat(300);
-        let der = certificate_with_subject(true, &[rdn(CN, 0x0c, &long)]);
+        let der = certificate_with(dn(&[(
+            DnType::CommonName,
+            DnValue::Utf8String(long.clone()),
+        )]));
         assert_eq!(common_name(&der).as_deref(), Some(long.as_str()));
     }
 

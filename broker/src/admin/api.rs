@@ -294,7 +294,6 @@ fn receive<T>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::admin::http::parse_request_line;
 
     fn page(offset: usize, limit: usize) -> PageRequest {
         PageRequest { offset, limit }
@@ -313,17 +312,11 @@ mod tests {
 
     #[test]
     fn page_parameters_are_checked() {
-        let parse = |line: &str| PageRequest::parse(&parse_request_line(line.as_bytes()).unwrap());
-        assert_eq!(
-            parse("GET /api/v1/clients HTTP/1.1"),
-            Ok(page(0, PAGE_LIMIT_DEFAULT))
-        );
-        assert_eq!(
-            parse("GET /api/v1/clients?offset=5&limit=7 HTTP/1.1"),
-            Ok(page(5, 7))
-        );
-        assert!(parse("GET /api/v1/clients?limit=1001 HTTP/1.1").is_err());
-        assert!(parse("GET /api/v1/clients?offset=-1 HTTP/1.1").is_err());
+        let parse = |target: &str| PageRequest::parse(&Request::from_target("GET", target));
+        assert_eq!(parse("/api/v1/clients"), Ok(page(0, PAGE_LIMIT_DEFAULT)));
+        assert_eq!(parse("/api/v1/clients?offset=5&limit=7"), Ok(page(5, 7)));
+        assert!(parse("/api/v1/clients?limit=1001").is_err());
+        assert!(parse("/api/v1/clients?offset=-1").is_err());
     }
 
     #[test]

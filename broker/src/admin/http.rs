@@ -1,14 +1,13 @@
-//! Just enough HTTP/1.1 for the admin endpoint: one `GET` or `HEAD` per connection,
-//! no body, answered with `Connection: close`. Bounded: a request head is at most
-//! [`HEAD_BYTES_MAX`] and must arrive within the socket's read timeout.
+//! What the admin routes see of HTTP: a [`Request`] (method, path, query) and a
+//! [`Response`] (status, content type, body). hyper parses and writes the wire format
+//! ([`super`] runs it); these two keep the routes free of it.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::StatusCode;
 
-/// Largest request head accepted (request line and headers).
-pub const HEAD_BYTES_MAX: usize = 8 * 1024;
-
-/// A parsed request line.
+/// A request, as the routes see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// `GET`, `HEAD`, ...
@@ -21,6 +20,33 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request for `path` with `query` (what follows `?`), as hyper parsed them.
+    pub fn new(method: &str, path: &str, query: Option<&str>) -> Request {
+        let query = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query,
+        }
+    }
+
+    /// A request for `target`, `/path` or `/path?query`.
+    #[cfg(test)]
+    pub fn from_target(method: &str, target: &str) -> Request {
+        match target.split_once('?') {
+            Some((path, query)) => Request::new(method, path, Some(query)),
+            None => Request::new(method, target, None),
+        }
+    }
+
     /// The first value of query parameter `key`.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query
@@ -51,129 +77,48 @@ impl Response {
         }
     }
 
-    /// A plain-text answer.
-    pub fn text(status: u16, text: impl Into<String>) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: text.into().into_bytes(),
-        }
+    /// As hyper sends it: the same head the endpoint always sent (`Content-Type`,
+    /// `Content-Length`, `Cache-Control: no-store`, `Connection: close`). For `HEAD`
+    /// hyper keeps the head and drops the body.
+    pub fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let length = self.body.len();
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        // invariant: content types are this module's constants, visible ASCII (a bad one
+        // would panic in every test that asks for it).
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        response
     }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Why a request could not be read.
-#[derive(Debug)]
-pub enum ReadError {
-    /// The socket failed or timed out, or closed before a whole head.
-    Io(io::Error),
-    /// Not an HTTP/1.x request line.
-    Malformed,
-    /// The head is longer than [`HEAD_BYTES_MAX`].
-    TooLarge,
-}
-
-/// Reads a request head from `stream`.
-pub fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(end);
-            break;
-        }
-        if head.len() > HEAD_BYTES_MAX {
-            return Err(ReadError::TooLarge);
-        }
-        let n = stream.read(&mut chunk).map_err(ReadError::Io)?;
-        if n == 0 {
-            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    parse_request_line(&head).ok_or(ReadError::Malformed)
-}
-
-/// Parses the first line of a request head.
-pub fn parse_request_line(head: &[u8]) -> Option<Request> {
-    let line = head.split(|b| *b == b'\r' || *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let method = parts.next()?.to_owned();
-    let target = parts.next()?;
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() || !target.starts_with('/') {
-        return None;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
-    Some(Request {
-        method,
-        path: path.to_owned(),
-        query,
-    })
-}
-
-/// Writes `response` (headers only for `HEAD`) and flushes.
-pub fn write_response(
-    stream: &mut TcpStream,
-    response: &Response,
-    head_only: bool,
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    if !head_only {
-        stream.write_all(&response.body)?;
-    }
-    stream.flush()
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
-    fn request_line_with_query_parses() {
-        let request =
-            parse_request_line(b"GET /api/v1/clients?offset=10&limit=5 HTTP/1.1\r\nHost: x")
-                .unwrap();
+    fn target_with_query_parses() {
+        let request = Request::from_target("GET", "/api/v1/clients?offset=10&limit=5&flag");
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, "/api/v1/clients");
         assert_eq!(request.param("offset"), Some("10"));
         assert_eq!(request.param("limit"), Some("5"));
+        assert_eq!(request.param("flag"), Some(""));
         assert_eq!(request.param("other"), None);
     }
 
     #[test]
-    fn malformed_request_lines_are_refused() {
-        assert!(parse_request_line(b"GET /").is_none());
-        assert!(parse_request_line(b"GET metrics HTTP/1.1").is_none());
-        assert!(parse_request_line(b"GET / SPDY/3").is_none());
-        assert!(parse_request_line(b"\xff\xfe").is_none());
+    fn response_head_is_the_endpoints_usual() {
+        let response = Response::json(404, &serde_json::json!({"error": "x"})).into_hyper();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header(CONTENT_TYPE), Some("application/json"));
+        assert_eq!(header(CONTENT_LENGTH), Some("13"));
+        assert_eq!(header(CACHE_CONTROL), Some("no-store"));
+        assert_eq!(header(CONNECTION), Some("close"));
     }
 }

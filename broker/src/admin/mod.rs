@@ -9,31 +9,102 @@
 //! - `/`: the dashboard, one self-contained HTML page polling `/api/v1/stats`;
 //! - `/api/v1/stats`, `/api/v1/clients`, `/api/v1/subscriptions`: JSON ([`api`]).
 //!
-//! The server binds before the shards start (so `/readyz` answers 503 during recovery)
-//! and serves each connection on its own short-lived thread, at most
-//! [`CONNECTIONS_MAX`] at once, one request per connection. [`sys`] publishes the
-//! `$SYS/broker/...` topics; it runs whether or not the endpoint is enabled.
+//! The server binds before the shards start (so `/readyz` answers 503 during recovery).
+//! HTTP/1 is hyper's, on a current-thread tokio runtime on the `cutie-admin` thread:
+//! one request per connection (`Connection: close`), a request head of at most 8 KiB.
+//! Health and readiness are answered on that thread (atomics only); the routes that
+//! lock snapshots or wait for shards run on a small blocking pool
+//! ([`BLOCKING_THREADS_MAX`]), so a slow one never holds up a probe.
+//!
+//! Slow and hostile clients are bounded by [`Limits`] (`[admin]` in the configuration):
+//! at most `connections_max` connections and `connections_per_address_max` from one
+//! address, where a new connection closes the oldest idle one rather than being refused
+//! ([`connections`]), `header_read_timeout_secs` to send a whole request head however
+//! steadily it trickles, `connection_timeout_secs` in all. Counted by
+//! `cutie_admin_connections_open` and `cutie_admin_connections_closed_total{reason}`.
+//!
+//! [`sys`] publishes the `$SYS/broker/...` topics; it runs whether or not the endpoint
+//! is enabled.
 
 pub mod api;
+pub mod connections;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod sys;
 
+use connections::{ConnectionId, Table};
 use cutie_shard::stats::monotonic_ms;
 use cutie_shard::{Monitor, ShardHealth, ShardStats};
-use http::{ReadError, Request, Response};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
 
-/// Admin connections served at once; more are answered 503 at once.
-pub const CONNECTIONS_MAX: usize = 32;
+/// Threads that run the routes which lock shard snapshots or wait for shard answers
+/// (`/metrics`, `/api/...`), at most; more such requests wait their turn.
+pub const BLOCKING_THREADS_MAX: usize = 4;
 
-/// How long a client has to send its request, and to take the answer.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head hyper buffers (its minimum; the endpoint takes no body).
+const HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// Pause after a failed accept (out of file descriptors, say) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// The endpoint's bounds on its clients (`[admin]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; a new one closes the oldest idle one.
+    pub connections_max: usize,
+    /// Connections open at once from one IP address; a new one closes that address's
+    /// oldest idle one.
+    pub connections_per_address_max: usize,
+    /// From accept to a whole request head.
+    pub header_read_timeout: Duration,
+    /// From accept to the last byte of the answer.
+    pub connection_timeout: Duration,
+}
+
+/// Why an admin connection ended: the `reason` label of
+/// `cutie_admin_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    /// Answered, or closed by its client without a request.
+    Done,
+    /// Not an HTTP/1 request hyper accepts, or the socket failed.
+    Error,
+    /// Displaced by a newer connection ([`connections`]).
+    Evicted,
+    /// No whole request head within `header_read_timeout_secs`.
+    HeaderTimeout,
+    /// Not done within `connection_timeout_secs`.
+    ConnectionTimeout,
+}
+
+impl CloseReason {
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::Error => "error",
+            CloseReason::Evicted => "evicted",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::ConnectionTimeout => "connection_timeout",
+        }
+    }
+
+    fn count(self) {
+        ::metrics::counter!("cutie_admin_connections_closed_total", "reason" => self.label())
+            .increment(1);
+    }
+}
 
 /// How often the recorder's upkeep runs (it bounds the memory of its histograms).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -98,7 +169,6 @@ struct Shared {
     started: Instant,
     prometheus: PrometheusHandle,
     collected: Mutex<metrics::Collected>,
-    connections: AtomicUsize,
 }
 
 impl Shared {
@@ -172,6 +242,7 @@ impl AdminServer {
     /// health and readiness answer 503 "starting".
     pub fn start(
         listen: SocketAddr,
+        limits: Limits,
         shards: usize,
         prometheus: PrometheusHandle,
     ) -> Result<AdminServer, String> {
@@ -180,6 +251,16 @@ impl AdminServer {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("admin listener on {listen}: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("admin listener on {listen}: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(BLOCKING_THREADS_MAX)
+            .thread_name("cutie-admin-blocking")
+            .build()
+            .map_err(|e| format!("cannot start the admin endpoint's runtime: {e}"))?;
         // Before recovery, which may take a while: probes and tests find it here.
         tracing::info!(admin = %addr, "admin endpoint listening");
         let shared = Arc::new(Shared {
@@ -187,24 +268,16 @@ impl AdminServer {
             started: Instant::now(),
             prometheus,
             collected: Mutex::new(metrics::Collected::new(shards)),
-            connections: AtomicUsize::new(0),
         });
         {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("cutie-admin".to_owned())
-                .spawn(move || serve(&listener, &shared))
-                .map_err(|e| format!("cannot start the admin thread: {e}"))?;
-        }
-        {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("cutie-admin-upkeep".to_owned())
-                .spawn(move || loop {
-                    std::thread::sleep(UPKEEP_INTERVAL);
-                    shared.prometheus.run_upkeep();
+                .spawn(move || {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, serve(listener, shared, limits));
                 })
-                .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
+                .map_err(|e| format!("cannot start the admin thread: {e}"))?;
         }
         Ok(AdminServer { addr, shared })
     }
@@ -220,60 +293,141 @@ impl AdminServer {
     }
 }
 
-fn serve(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        let mut stream = match stream {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "admin accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = stream.set_read_timeout(Some(SOCKET_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(SOCKET_TIMEOUT));
-        if shared.connections.fetch_add(1, Ordering::Relaxed) >= CONNECTIONS_MAX {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            let busy = Response::json(
-                503,
-                &serde_json::json!({"error": "too many admin connections"}),
-            );
-            let _ = http::write_response(&mut stream, &busy, false);
-            continue;
-        }
-        let worker = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("cutie-admin-conn".to_owned())
-            .spawn(move || {
-                handle(&worker, stream);
-                worker.connections.fetch_sub(1, Ordering::Relaxed);
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start an admin connection thread");
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+/// The connection table, with what closes each connection.
+type Connections = Rc<RefCell<Table<oneshot::Sender<()>>>>;
+
+fn set_open_gauge(open: usize) {
+    ::metrics::gauge!("cutie_admin_connections_open").set(open as f64);
 }
 
-fn handle(shared: &Shared, mut stream: TcpStream) {
-    let (response, head_only) = match http::read_request(&mut stream) {
-        Ok(request) => match request.method.as_str() {
-            "GET" => (route(shared, &request), false),
-            "HEAD" => (route(shared, &request), true),
-            _ => (
-                Response::json(405, &serde_json::json!({"error": "only GET and HEAD"})),
-                false,
-            ),
-        },
-        Err(ReadError::TooLarge) => (Response::text(431, "request head too large\n"), false),
-        Err(ReadError::Malformed) => (Response::text(400, "malformed request\n"), false),
-        Err(ReadError::Io(error)) => {
-            tracing::debug!(%error, "admin request not read");
+/// Accepts connections for ever, each served by a task of its own on this thread.
+async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
+    {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                upkeep.tick().await;
+                shared.prometheus.run_upkeep();
+            }
+        });
+    }
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "admin endpoint cannot serve its listener");
             return;
         }
     };
-    if let Err(error) = http::write_response(&mut stream, &response, head_only) {
-        tracing::debug!(%error, "admin response not written");
+    let table: Connections = Rc::new(RefCell::new(Table::new(
+        limits.connections_max,
+        limits.connections_per_address_max,
+    )));
+    set_open_gauge(0);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "admin accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let (close, closed) = oneshot::channel();
+        let (id, evicted) = table.borrow_mut().admit(peer.ip(), close);
+        for close in evicted {
+            // Its task may have ended on its own meanwhile: nothing to close then.
+            let _ = close.send(());
+            CloseReason::Evicted.count();
+        }
+        set_open_gauge(table.borrow().len());
+        tokio::task::spawn_local(connection(
+            stream,
+            id,
+            closed,
+            table.clone(),
+            shared.clone(),
+            limits,
+        ));
+    }
+}
+
+/// Serves one connection until it is answered, fails, times out or is evicted.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    id: ConnectionId,
+    mut evicted: oneshot::Receiver<()>,
+    table: Connections,
+    shared: Arc<Shared>,
+    limits: Limits,
+) {
+    let head_read = Rc::new(Notify::new());
+    let service = {
+        let head_read = head_read.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            head_read.notify_one();
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(respond(shared, request).await.into_hyper()) }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .title_case_headers(true)
+        .auto_date_header(false)
+        .max_buf_size(HEAD_BYTES_MAX)
+        .serve_connection(TokioIo::new(stream), service);
+    let header_deadline = tokio::time::sleep(limits.header_read_timeout);
+    let connection_deadline = tokio::time::sleep(limits.connection_timeout);
+    tokio::pin!(connection, header_deadline, connection_deadline);
+    let mut idle = true;
+    let reason = loop {
+        tokio::select! {
+            biased;
+            result = &mut connection => break match result {
+                Ok(()) => CloseReason::Done,
+                Err(error) => {
+                    tracing::debug!(%error, "admin connection failed");
+                    CloseReason::Error
+                }
+            },
+            () = head_read.notified(), if idle => {
+                idle = false;
+                table.borrow_mut().busy(id);
+            }
+            _ = &mut evicted => break CloseReason::Evicted,
+            () = &mut header_deadline, if idle => break CloseReason::HeaderTimeout,
+            () = &mut connection_deadline => break CloseReason::ConnectionTimeout,
+        }
+    };
+    // An evicted connection was counted, and taken out of the table, when it was
+    // displaced.
+    if table.borrow_mut().remove(id) {
+        reason.count();
+        set_open_gauge(table.borrow().len());
+    }
+    // Dropping `connection` here closes the socket.
+}
+
+/// Answers one request: health on this thread, anything that locks shard snapshots or
+/// waits for shards on the blocking pool.
+async fn respond(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response {
+    // hyper leaves the body out of an answer to HEAD, and keeps its Content-Length.
+    if !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        return Response::json(405, &serde_json::json!({"error": "only GET and HEAD"}));
+    }
+    let request = Request::new(
+        request.method().as_str(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    match request.path.as_str() {
+        "/healthz" | "/readyz" | "/" | "/index.html" => route(&shared, &request),
+        _ => tokio::task::spawn_blocking(move || route(&shared, &request))
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "admin route failed");
+                Response::json(500, &serde_json::json!({"error": "internal error"}))
+            }),
     }
 }
 
