@@ -335,7 +335,13 @@ fn sys_topics_can_be_turned_off() {
     let mut watcher = Mqtt::connect(broker.addr(), "sys-off-watcher");
     watcher.subscribe("$SYS/#", 0);
     watcher.subscribe("marker", 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    // With $SYS on, the first publication comes one second after the start
+    // (broker/src/admin/sys.rs). Wait until the broker itself says that time has passed,
+    // with a margin for the publication to be routed.
+    let admin = broker.admin_addr();
+    wait_until("the broker to be up for 2 s", || {
+        metric(&scrape(admin), "cutie_uptime_seconds", &[]) >= 2.0
+    });
     let mut publisher = Mqtt::connect(broker.addr(), "sys-off-publisher");
     publisher.publish("marker", 0, false, "marker");
     // The first message is the marker: no $SYS publication came before it.

@@ -9,14 +9,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)]
+#[path = "loopback/broker.rs"]
+mod broker;
+#[allow(dead_code)]
+#[path = "loopback/clients.rs"]
+mod clients;
 mod common;
 
+use clients::MosquittoSub;
 use common::prerequisite::{require, require_root};
 use common::{Client, Launch};
 use cutie_codec::{Packet, PacketId, PublishQos, QoS, Subscribe, SubscribeFilter, TopicFilter};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Mount(PathBuf);
@@ -72,14 +79,8 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         }));
         assert!(matches!(sub.next(), Some(Packet::SubAck(_))));
     }
-    // A QoS 0 subscriber (mosquitto_sub, clean session).
-    let qos0_sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.addr.port().to_string()])
-        .args(["-t", "fd/q0", "-C", "1", "-W", "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub");
-    std::thread::sleep(Duration::from_millis(300));
+    // A QoS 0 subscriber (mosquitto_sub, clean session), subscribed once this returns.
+    let mut qos0_sub = MosquittoSub::start(broker.addr, &["-t", "fd/q0", "-C", "1"]);
 
     // Fill the disk.
     let (mut publisher, _) = Client::connect(broker.addr, "fd-pub", true);
@@ -117,8 +118,7 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = qos0_sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-flowing");
+    assert_eq!(qos0_sub.recv().payload, "still-flowing");
 
     // Space comes back: the shard reopens its log and acknowledges again.
     std::fs::remove_file(&filler).unwrap();
