@@ -4,7 +4,7 @@
 //!   counters and the latency histograms' counts move by exactly what was sent;
 //! - `/healthz`, `/readyz` answer 200 on a healthy broker, `/readyz` 503 once a shard's
 //!   write-ahead log fails (its data directory on a small tmpfs that fills up: needs
-//!   root and `mount`, skipped with a note otherwise);
+//!   root and `mount`, skipped with a note otherwise, a failure under CI);
 //! - the JSON API's lists page through every client and subscription;
 //! - `$SYS/broker/...` reaches a real subscriber with the right values;
 //! - the dashboard, in headless Chromium driven over WebDriver (chromedriver): its
@@ -25,6 +25,7 @@ mod common;
 
 use broker::{wait_until, Broker, TIMEOUT};
 use clients::{mosquitto_pub, MosquittoSub, Mqtt};
+use common::prerequisite::{find_tool, require, require_tool};
 use common::Launch;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -334,7 +335,13 @@ fn sys_topics_can_be_turned_off() {
     let mut watcher = Mqtt::connect(broker.addr(), "sys-off-watcher");
     watcher.subscribe("$SYS/#", 0);
     watcher.subscribe("marker", 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    // With $SYS on, the first publication comes one second after the start
+    // (broker/src/admin/sys.rs). Wait until the broker itself says that time has passed,
+    // with a margin for the publication to be routed.
+    let admin = broker.admin_addr();
+    wait_until("the broker to be up for 2 s", || {
+        metric(&scrape(admin), "cutie_uptime_seconds", &[]) >= 2.0
+    });
     let mut publisher = Mqtt::connect(broker.addr(), "sys-off-publisher");
     publisher.publish("marker", 0, false, "marker");
     // The first message is the marker: no $SYS publication came before it.
@@ -344,7 +351,7 @@ fn sys_topics_can_be_turned_off() {
 // ----- readiness with a failing write-ahead log ---------------------------------------------
 
 /// Mounts a tmpfs of `size` at a new directory; `None` (with a note) where that is not
-/// possible (not root, no mount, a container without the capability).
+/// possible (not root, no mount, a container without the capability), a failure under CI.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
@@ -358,12 +365,12 @@ impl Tmpfs {
         match status {
             Ok(s) if s.success() => Some(Tmpfs(dir)),
             other => {
-                eprintln!(
-                    "NOTE: skipping the WAL-failure readiness check: cannot mount a tmpfs \
-                     at {} ({other:?}); it needs root and mount(8)",
-                    dir.display()
-                );
                 let _ = std::fs::remove_dir(&dir);
+                require(
+                    &format!("a tmpfs mount at {} ({other:?})", dir.display()),
+                    false,
+                    "it needs root and mount(8)",
+                );
                 None
             }
         }
@@ -518,20 +525,18 @@ struct WebDriver {
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl WebDriver {
-    /// `None` (with a note) when chromedriver is not installed and this is not CI; in
-    /// CI (`CI` set) a missing browser fails the test.
+    /// `None` (with a note) when chromedriver is not installed; under CI a missing
+    /// browser fails the test (`common/prerequisite.rs`).
     fn start() -> Option<WebDriver> {
-        let found = ["chromedriver", "/usr/bin/chromedriver"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("--version").output().is_ok());
-        let Some(program) = found else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "chromedriver is not installed (scripts/test-all installs chromium-driver)"
-            );
-            eprintln!("NOTE: skipping the dashboard browser test: no chromedriver (apt install chromium chromium-driver)");
+        let program = require_tool("chromedriver", "chromium-driver")?;
+        let browser = find_tool("chromium").or_else(|| find_tool("chromium-browser"));
+        if !require(
+            "the program chromium",
+            browser.is_some(),
+            "apt-get install chromium",
+        ) {
             return None;
-        };
+        }
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -558,11 +563,8 @@ impl WebDriver {
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1000"],
         });
-        for binary in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-            if Path::new(binary).exists() {
-                options["binary"] = binary.into();
-                break;
-            }
+        if let Some(binary) = browser.as_deref().and_then(Path::to_str) {
+            options["binary"] = binary.into();
         }
         let capabilities = serde_json::json!({
             "capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}

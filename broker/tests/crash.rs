@@ -448,8 +448,12 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         );
         thread::sleep(Duration::from_millis(10));
     }
+    // `-d` prints the SUBACK (`Subscribed (mid: 1): 1`); stdbuf line-buffers the pipe so
+    // that it arrives when printed. Debug lines (`Client ... received PUBLISH`) are left
+    // out of the payloads.
     let mut mosquitto_sub = KillOnDrop(
-        Command::new("mosquitto_sub")
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d"])
             .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
             .args([
                 "-i",
@@ -466,18 +470,25 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .expect("mosquitto_sub (apt install mosquitto-clients)"),
     );
     let mosquitto_lines = Arc::new(Mutex::new(BTreeSet::new()));
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
     {
         let stdout = mosquitto_sub.0.stdout.take().unwrap();
         let lines = mosquitto_lines.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                lines.lock().unwrap().insert(line);
+                if line.starts_with("Subscribed") {
+                    let _ = subscribed_tx.send(());
+                } else if !line.starts_with("Client ") {
+                    lines.lock().unwrap().insert(line);
+                }
             }
         });
     }
-    // mosquitto_sub has subscribed once its session exists; give it a moment.
-    thread::sleep(Duration::from_millis(500));
+    // Publishing starts once mosquitto_sub's session holds the subscription.
+    subscribed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("mosquitto_sub got no SUBACK within 30 s");
 
     let stop_pubs = Arc::new(AtomicBool::new(false));
     let q1 = Arc::new(Mutex::new(Published::default()));

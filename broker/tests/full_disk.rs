@@ -4,17 +4,26 @@
 //! QoS 0 keeps flowing, the failure is logged; once space is freed the shard reopens its
 //! log and acknowledges again; after a restart every acknowledged message is delivered.
 //!
-//! Needs root (to mount a tmpfs); elsewhere it says so and passes without checking.
+//! Needs root (to mount a tmpfs); elsewhere it says so and passes without checking, except
+//! under CI, where it fails (`common/prerequisite.rs`).
 
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)]
+#[path = "loopback/broker.rs"]
+mod broker;
+#[allow(dead_code)]
+#[path = "loopback/clients.rs"]
+mod clients;
 mod common;
 
+use clients::MosquittoSub;
+use common::prerequisite::{require, require_root};
 use common::{Client, Launch};
 use cutie_codec::{Packet, PacketId, PublishQos, QoS, Subscribe, SubscribeFilter, TopicFilter};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Mount(PathBuf);
@@ -37,9 +46,7 @@ fn seq_of(payload: &[u8]) -> u32 {
 
 #[test]
 fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("full_disk: not root, cannot mount a tmpfs; skipped");
+    if !require_root("to mount a tmpfs") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -50,8 +57,7 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         .arg(&mount_point)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("full_disk: mounting a tmpfs failed (no CAP_SYS_ADMIN?); skipped");
+    if !require("a tmpfs mount", mounted, "mount(8) and CAP_SYS_ADMIN") {
         return;
     }
     let _mount = Mount(mount_point.clone());
@@ -73,14 +79,8 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         }));
         assert!(matches!(sub.next(), Some(Packet::SubAck(_))));
     }
-    // A QoS 0 subscriber (mosquitto_sub, clean session).
-    let qos0_sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.addr.port().to_string()])
-        .args(["-t", "fd/q0", "-C", "1", "-W", "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub");
-    std::thread::sleep(Duration::from_millis(300));
+    // A QoS 0 subscriber (mosquitto_sub, clean session), subscribed once this returns.
+    let mut qos0_sub = MosquittoSub::start(broker.addr, &["-t", "fd/q0", "-C", "1"]);
 
     // Fill the disk.
     let (mut publisher, _) = Client::connect(broker.addr, "fd-pub", true);
@@ -118,8 +118,7 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = qos0_sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-flowing");
+    assert_eq!(qos0_sub.recv().payload, "still-flowing");
 
     // Space comes back: the shard reopens its log and acknowledges again.
     std::fs::remove_file(&filler).unwrap();

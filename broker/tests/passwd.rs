@@ -9,23 +9,28 @@
 //!   one, an unknown user and an anonymous client.
 //!
 //! The Mosquitto parts are skipped, with a note on stderr, where the tools are not
-//! installed; `scripts/test-all` (and so CI) installs them.
+//! installed, and fail under CI (`common/prerequisite.rs`); `scripts/test-all` installs
+//! them.
 
 #![allow(clippy::unwrap_used)]
 
 // The parser under test, compiled into this test crate (the broker is a binary crate).
 #[path = "../src/auth/mod.rs"]
 mod auth;
+#[allow(dead_code)]
+#[path = "common/prerequisite.rs"]
+mod prerequisite;
 
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use auth::PasswordFile;
+use prerequisite::{find_tool, require_tool};
 
 const CUTIE: &str = env!("CARGO_BIN_EXE_cutie");
 
@@ -40,23 +45,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Finds an executable on PATH or in the usual system directories.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn tool_or_skip(name: &str) -> Option<PathBuf> {
-    let found = find_tool(name);
-    if found.is_none() {
-        eprintln!("note: {name} is not installed; skipping this test (apt-get install mosquitto mosquitto-clients)");
-    }
-    found
 }
 
 /// Runs a command to completion with `stdin` as its input, killing it after
@@ -358,7 +346,7 @@ fn bad_command_lines_and_names_are_refused() {
 
 #[test]
 fn files_written_by_mosquitto_passwd_verify_with_our_parser() {
-    let Some(mosquitto_passwd) = tool_or_skip("mosquitto_passwd") else {
+    let Some(mosquitto_passwd) = require_tool("mosquitto_passwd", "mosquitto") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -482,9 +470,9 @@ fn read_logs(dir: &Path) -> String {
 #[test]
 fn mosquitto_accepts_a_password_file_written_by_cutie_passwd() {
     let (Some(mosquitto), Some(_), Some(mosquitto_passwd)) = (
-        tool_or_skip("mosquitto"),
-        tool_or_skip("mosquitto_pub"),
-        tool_or_skip("mosquitto_passwd"),
+        require_tool("mosquitto", "mosquitto"),
+        require_tool("mosquitto_pub", "mosquitto-clients"),
+        require_tool("mosquitto_passwd", "mosquitto"),
     ) else {
         return;
     };

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod prerequisite;
+
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use cutie_codec::{
