@@ -7,13 +7,14 @@
 //! every acknowledged message is there, the QoS 2 one once.
 //!
 //! Needs root (to mount a tmpfs): without it the test says so and passes, except under
-//! `CI=true`, where it fails naming what is missing.
+//! CI, where it fails naming what is missing (`common/prerequisite.rs`).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use bytes::Bytes;
+use common::prerequisite::{require, require_root};
 use common::{Answer, Client, Launch};
 use cutie_codec::{Packet, PacketId, Publish, PublishQos, QoS, TopicName};
 use cutie_shard::{owner_of, ShardId};
@@ -73,24 +74,20 @@ fn wait_logged(broker: &common::Broker, text: &str) {
 }
 
 fn mount_tmpfs(at: &PathBuf) -> Option<Mount> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mounted = root
-        && Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-    if mounted {
-        return Some(Mount(at.clone()));
+    if !require_root("mounting a tmpfs needs root (CAP_SYS_ADMIN)") {
+        return None;
     }
-    let why = "mounting a tmpfs needs root (CAP_SYS_ADMIN)";
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "shard_disk_failure: {why}, and CI=true"
-    );
-    eprintln!("shard_disk_failure: {why}; skipped");
-    None
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(at)
+        .status()
+        .is_ok_and(|s| s.success());
+    require(
+        "a tmpfs mount",
+        mounted,
+        "mount -t tmpfs failed: no CAP_SYS_ADMIN?",
+    )
+    .then(|| Mount(at.clone()))
 }
 
 #[test]
