@@ -288,6 +288,8 @@ pub struct ShardCore {
     /// payload): what `retained_messages_max` and `retained_bytes_max` bound.
     retained_stored: usize,
     retained_bytes: usize,
+    /// `$SYS/` topics held in `retained` (not bounded: the broker publishes a fixed set).
+    retained_sys: usize,
     /// Offline persistent sessions in the order they went offline, with when they
     /// expire (`persistent_session_expiry_ms`): `tick` removes those still offline
     /// since then. A session that came back and left again has a later entry.
@@ -350,6 +352,7 @@ impl ShardCore {
             retained_clock: 0,
             retained_stored: 0,
             retained_bytes: 0,
+            retained_sys: 0,
             expiring: VecDeque::new(),
             barriers: AHashMap::new(),
             inbound_barriers: AHashMap::new(),
@@ -774,7 +777,7 @@ impl ShardCore {
 
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
-        self.retained_stored
+        self.retained_stored + self.retained_sys
     }
 
     /// Bytes (topics and payloads) of the retained messages held.
@@ -2207,13 +2210,24 @@ impl ShardCore {
         }
         // An empty retained message clears the topic [MQTT-3.3.1-10].
         let value = (!message.payload.is_empty()).then(|| message.clone());
+        // The broker's own `$SYS/` topics (a fixed set) do not count against the limits:
+        // published during a flood, they would take the places of clients' topics.
+        let sys = message.topic.as_str().starts_with("$SYS/");
         if let Some((_, Some(old))) = self.retained.get(&message.topic) {
-            self.retained_stored -= 1;
-            self.retained_bytes -= retained_size(old);
+            if sys {
+                self.retained_sys -= 1;
+            } else {
+                self.retained_stored -= 1;
+                self.retained_bytes -= retained_size(old);
+            }
         }
         if let Some(new) = &value {
-            self.retained_stored += 1;
-            self.retained_bytes += retained_size(new);
+            if sys {
+                self.retained_sys += 1;
+            } else {
+                self.retained_stored += 1;
+                self.retained_bytes += retained_size(new);
+            }
         }
         // Every shard holds every retained message; the topic's owner shard logs it
         // (not the broker's own `$SYS/` topics, published again every interval).
