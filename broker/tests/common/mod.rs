@@ -42,6 +42,7 @@ pub struct Launch {
     env: Vec<(OsString, OsString)>,
     timeout: Duration,
     log: Option<Arc<Mutex<Vec<String>>>>,
+    stop_reading_log: bool,
 }
 
 impl Launch {
@@ -58,6 +59,7 @@ impl Launch {
             env: Vec::new(),
             timeout: START_TIMEOUT,
             log: None,
+            stop_reading_log: false,
         }
     }
 
@@ -142,6 +144,13 @@ impl Launch {
         self
     }
 
+    /// Stops reading the broker's stderr after `cutie is listening`, keeping the pipe open:
+    /// once the pipe's buffer (64 KiB on Linux) is full, every write to it would block.
+    pub fn stop_reading_log_after_listening(mut self) -> Launch {
+        self.stop_reading_log = true;
+        self
+    }
+
     /// The command line and environment.
     fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cutie"));
@@ -200,13 +209,23 @@ impl Launch {
         let (line_tx, line_rx) = mpsc::channel::<String>();
         {
             let log = log.clone();
+            let stop_reading = self.stop_reading_log;
             thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    log.lock().expect("log lock").push(line.clone());
+                let mut stderr = BufReader::new(stderr);
+                let mut line = String::new();
+                while matches!(stderr.read_line(&mut line), Ok(n) if n > 0) {
+                    let text = strip_ansi(line.trim_end_matches(['\r', '\n']));
+                    line.clear();
+                    log.lock().expect("log lock").push(text.clone());
+                    let listening = text.contains("cutie is listening");
                     // Nobody receives once the broker listens; keep recording.
-                    let _ = line_tx.send(line);
+                    let _ = line_tx.send(text);
+                    if listening && stop_reading {
+                        // Hold the pipe open, unread, for as long as this test runs.
+                        loop {
+                            thread::park();
+                        }
+                    }
                 }
             });
         }
