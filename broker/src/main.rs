@@ -47,19 +47,28 @@ fn main() -> ExitCode {
         return passwd::main(std::env::args_os().skip(2));
     }
     let cli = Cli::parse();
-    let config = match config::load(&cli) {
-        Ok(config) => config,
+    let config::Loaded {
+        config,
+        unknown_variables,
+    } = match config::load(&cli) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("cutie: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.print_config {
+        for unknown in &unknown_variables {
+            eprintln!("cutie: warning: {unknown}");
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     // Flushes the log lines still queued when `main` returns.
     let (_log_guard, log_dropped) = init_logging(&config.log_level);
+    for unknown in &unknown_variables {
+        tracing::warn!("{unknown}");
+    }
     let access = Arc::new(AccessControl::new(BanConfig {
         threshold: config.limits.ban_threshold,
         window: Duration::from_secs(config.limits.ban_window_secs),

@@ -71,3 +71,32 @@ fn a_broker_whose_stderr_nobody_reads_keeps_serving() {
     assert!(publisher.publish_qos1("logging/still", b"serving".to_vec(), 1));
     assert_eq!(subscriber.receive(1), vec![b"serving".to_vec()]);
 }
+
+#[test]
+fn unknown_cutie_variables_are_warnings_not_a_refusal_to_start() {
+    let mut broker = Launch::temp()
+        .env("CUTIE_BIN", "x")
+        .env("CUTIE_LIMITS__MAX_INFLIHGT", "5")
+        .start();
+    broker.assert_running();
+    let warning = |name: &str| {
+        broker
+            .log_lines()
+            .into_iter()
+            .find(|line| line.contains("WARN") && line.contains(name))
+            .unwrap_or_else(|| panic!("no warning naming {name}:\n{}", broker.log_text()))
+    };
+    let bin = warning("CUTIE_BIN");
+    assert!(!bin.contains("did you mean"), "{bin}");
+    let typo = warning("CUTIE_LIMITS__MAX_INFLIHGT");
+    assert!(
+        typo.contains("did you mean CUTIE_LIMITS__MAX_INFLIGHT?"),
+        "{typo}"
+    );
+    // And it serves.
+    let (mut subscriber, _) = Client::connect(broker.addr, "subscriber", true);
+    subscriber.subscribe("env/ok", QoS::AtLeastOnce);
+    let (mut publisher, _) = Client::connect(broker.addr, "publisher", true);
+    assert!(publisher.publish_qos1("env/ok", b"up".to_vec(), 1));
+    assert_eq!(subscriber.receive(1), vec![b"up".to_vec()]);
+}

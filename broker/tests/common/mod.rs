@@ -111,8 +111,8 @@ impl Launch {
     }
 
     /// An environment variable, e.g. `("CUTIE_LIMITS__CONNECT_TIMEOUT_SECS", "1")`; set
-    /// after the defaults, so it can override them. The broker refuses unknown `CUTIE_*`
-    /// variables.
+    /// after the defaults, so it can override them. The broker ignores unknown `CUTIE_*`
+    /// variables with a warning.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
