@@ -14,10 +14,13 @@
 //!    which defines a user (`crate::auth::env`);
 //! 4. command-line flags ([`Cli`]).
 //!
-//! Every layer is strict: a key that [`Config`] does not have is an error that
-//! names it and where it came from (the file, or the environment variable), and
-//! so is a value of the wrong type or out of range. Ranges are checked once, on
-//! the merged result, and the error names the layer that supplied the value.
+//! The file is strict: a key that [`Config`] does not have is an error that names
+//! it and the file. A `CUTIE_*` variable that names no key is not: the environment
+//! is shared with whatever else runs (`CUTIE_BIN` in a user's script), so it is
+//! ignored with a warning ([`UnknownVariable`]) that names it and, for a near miss,
+//! the key it probably meant. A value of the wrong type or out of range is an error
+//! in every layer. Ranges are checked once, on the merged result, and the error
+//! names the layer that supplied the value.
 //!
 //! Loading is done once at start-up, off the shard threads; it reads at most one
 //! small file.
@@ -898,24 +901,66 @@ pub enum ConfigError {
     },
 }
 
+/// A `CUTIE_*` environment variable that names no configuration key: ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    /// The variable.
+    pub name: String,
+    /// The variable of the nearest key, if it is near enough to be a typo.
+    pub suggestion: Option<String>,
+}
+
+impl fmt::Display for UnknownVariable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ignoring environment variable {}: not a configuration key",
+            self.name
+        )?;
+        match &self.suggestion {
+            Some(suggestion) => write!(f, " (did you mean {suggestion}?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A loaded configuration, and what was ignored on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The merged, validated configuration.
+    pub config: Config,
+    /// `CUTIE_*` variables that name no key, to warn about.
+    pub unknown_variables: Vec<UnknownVariable>,
+}
+
 /// Loads the configuration from the process environment and working directory.
-pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+pub fn load(cli: &Cli) -> Result<Loaded, ConfigError> {
     let env = std::env::vars_os().filter_map(|(name, value)| {
         let name = name.into_string().ok()?;
         name.starts_with(ENV_PREFIX)
             .then(|| (name, value.to_string_lossy().into_owned()))
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    load_from(cli, env, &cwd)
+    load_with_warnings(cli, env, &cwd)
 }
 
-/// Loads the configuration from the given flags, environment variables and
-/// working directory, touching no process-wide state (tests run in parallel).
+/// [`load_with_warnings`] without the warnings.
+#[cfg(test)]
 pub fn load_from(
     cli: &Cli,
     env: impl IntoIterator<Item = (String, String)>,
     cwd: &Path,
 ) -> Result<Config, ConfigError> {
+    load_with_warnings(cli, env, cwd).map(|loaded| loaded.config)
+}
+
+/// Loads the configuration from the given flags, environment variables and
+/// working directory, touching no process-wide state (tests run in parallel).
+pub fn load_with_warnings(
+    cli: &Cli,
+    env: impl IntoIterator<Item = (String, String)>,
+    cwd: &Path,
+) -> Result<Loaded, ConfigError> {
     let env: BTreeMap<String, String> = env.into_iter().collect();
     let defaults = Config::default();
 
@@ -923,7 +968,9 @@ pub fn load_from(
     if let Some(file) = config_file(cli, &env, cwd)? {
         figment = figment.merge(file);
     }
-    figment = figment.merge(EnvVars::new(&env, &defaults)?);
+    let env_vars = EnvVars::new(&env, &defaults)?;
+    let unknown_variables = env_vars.unknown.clone();
+    figment = figment.merge(env_vars);
 
     let mut config: Config = figment.extract().map_err(from_figment)?;
     cli.apply(&mut config);
@@ -941,7 +988,10 @@ pub fn load_from(
             reason: violation.reason,
         }
     })?;
-    Ok(config)
+    Ok(Loaded {
+        config,
+        unknown_variables,
+    })
 }
 
 /// Finds and reads the configuration file, if there is one.
@@ -1057,16 +1107,20 @@ struct EnvVars {
     dict: Dict,
     /// Key path -> the variable that set it, for error messages.
     names: Arc<BTreeMap<String, String>>,
+    /// The variables left out because they name no key.
+    unknown: Vec<UnknownVariable>,
 }
 
 impl EnvVars {
     /// Values are parsed like figment's `Env` (numbers, booleans, arrays),
     /// except for keys whose default is a string: `CUTIE_DATA_DIR=2024` is the
-    /// directory "2024", not a number.
+    /// directory "2024", not a number. A variable that names no key is left out and
+    /// reported in `unknown`.
     fn new(env: &BTreeMap<String, String>, defaults: &Config) -> Result<Self, ConfigError> {
-        let defaults = Value::serialize(defaults).map_err(from_figment)?;
+        let defaults_value = Value::serialize(defaults).map_err(from_figment)?;
         let mut dict = Dict::new();
         let mut names = BTreeMap::new();
+        let mut unknown = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -1086,17 +1140,76 @@ impl EnvVars {
                 .collect::<Vec<_>>()
                 .join(".");
             let raw = raw.trim();
-            let value = match defaults.find_ref(&key) {
+            let value = match defaults_value.find_ref(&key) {
                 Some(Value::String(..)) => Value::from(raw.to_owned()),
                 _ => raw.parse().unwrap_or_else(|never| match never {}),
             };
+            if !names_a_key(defaults, &key, &value) {
+                unknown.push(UnknownVariable {
+                    name: name.clone(),
+                    suggestion: nearest_variable(rest, &defaults_value),
+                });
+                continue;
+            }
             insert_nested(&mut dict, &key, value);
             names.insert(key, name.clone());
         }
         Ok(EnvVars {
             dict,
             names: Arc::new(names),
+            unknown,
         })
+    }
+}
+
+/// Whether `key` = `value` alone on top of `defaults` is a key [`Config`] has: the
+/// deserializer, which refuses unknown fields, decides (a value of the wrong type is
+/// still a key, and an error later).
+fn names_a_key(defaults: &Config, key: &str, value: &Value) -> bool {
+    let mut dict = Dict::new();
+    insert_nested(&mut dict, key, value.clone());
+    match Figment::from(Serialized::defaults(defaults))
+        .merge(Serialized::defaults(dict))
+        .extract::<Config>()
+    {
+        Ok(_) => true,
+        Err(errors) => !errors
+            .into_iter()
+            .any(|error| matches!(error.kind, Kind::UnknownField(..))),
+    }
+}
+
+/// The `CUTIE_*` variable of the key nearest to `rest` (a variable's name after
+/// `CUTIE_`), if it is within a typo or two: Damerau-Levenshtein distance at most a
+/// quarter of the name's length, between 1 and 3.
+fn nearest_variable(rest: &str, defaults: &Value) -> Option<String> {
+    let mut keys = Vec::new();
+    leaf_keys(defaults, &mut Vec::new(), &mut keys);
+    let rest = rest.to_ascii_uppercase();
+    let distance_max = (rest.len() / 4).clamp(1, 3);
+    keys.iter()
+        .map(|path| env_var_name(path))
+        .map(|name| {
+            let distance = strsim::damerau_levenshtein(&rest, &name[ENV_PREFIX.len()..]);
+            (distance, name)
+        })
+        .filter(|(distance, _)| *distance <= distance_max)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Every key path of `value` that holds something other than a table.
+fn leaf_keys(value: &Value, path: &mut Vec<String>, keys: &mut Vec<Vec<String>>) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (key, inner) in dict {
+                path.push(key.clone());
+                leaf_keys(inner, path, keys);
+                path.pop();
+            }
+        }
+        _ if !path.is_empty() => keys.push(path.clone()),
+        _ => {}
     }
 }
 
@@ -1473,20 +1586,86 @@ mod tests {
     }
 
     #[test]
-    fn unknown_env_key_is_an_error_naming_the_variable() {
+    fn unknown_env_variable_is_a_warning_naming_it() {
         let dir = empty_dir();
+        let unknown = |pairs: &[(&str, &str)]| {
+            let loaded = load_with_warnings(&Cli::default(), env(pairs), dir.path()).unwrap();
+            assert_eq!(
+                loaded.config,
+                Config::default(),
+                "{pairs:?} changed nothing"
+            );
+            loaded.unknown_variables
+        };
+        // Not a near miss of anything: no suggestion.
         assert_eq!(
-            load_err(&Cli::default(), &[("CUTIE_SHARD", "4")], dir.path()),
-            "unknown configuration key 'shard' in environment variable CUTIE_SHARD"
+            unknown(&[("CUTIE_BIN", "/usr/local/bin/cutie")]),
+            vec![UnknownVariable {
+                name: "CUTIE_BIN".to_owned(),
+                suggestion: None
+            }]
         );
         assert_eq!(
-            load_err(
-                &Cli::default(),
-                &[("CUTIE_LIMITS__MAX_INFLGHT", "4")],
-                dir.path()
+            unknown(&[("CUTIE_BIN", "x")])[0].to_string(),
+            "ignoring environment variable CUTIE_BIN: not a configuration key"
+        );
+        // Near misses: a transposition, a missing letter, a missing level separator.
+        for (typo, meant) in [
+            ("CUTIE_LIMITS__MAX_INFLIHGT", "CUTIE_LIMITS__MAX_INFLIGHT"),
+            ("CUTIE_LIMITS__MAX_INFLGHT", "CUTIE_LIMITS__MAX_INFLIGHT"),
+            ("CUTIE_SHARD", "CUTIE_SHARDS"),
+            ("CUTIE_LISTENER_TCP", "CUTIE_LISTENER__TCP"),
+            (
+                "CUTIE_ADMIN__CONNECTION_MAX",
+                "CUTIE_ADMIN__CONNECTIONS_MAX",
             ),
-            "unknown configuration key 'limits.max_inflght' in environment variable \
-             CUTIE_LIMITS__MAX_INFLGHT"
+            ("CUTIE_TLS__CERT_FLE", "CUTIE_TLS__CERT_FILE"),
+        ] {
+            let found = unknown(&[(typo, "5")]);
+            assert_eq!(found.len(), 1, "{typo}");
+            assert_eq!(found[0].suggestion.as_deref(), Some(meant), "{typo}");
+        }
+        assert_eq!(
+            unknown(&[("CUTIE_LIMITS__MAX_INFLIHGT", "5")])[0].to_string(),
+            "ignoring environment variable CUTIE_LIMITS__MAX_INFLIHGT: not a configuration \
+             key (did you mean CUTIE_LIMITS__MAX_INFLIGHT?)"
+        );
+        // Known variables beside the unknown ones still apply.
+        let loaded = load_with_warnings(
+            &Cli::default(),
+            env(&[("CUTIE_SHARDS", "3"), ("CUTIE_BIN", "x")]),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.shards, 3);
+        assert_eq!(loaded.unknown_variables.len(), 1);
+    }
+
+    #[test]
+    fn known_env_variables_give_no_warning() {
+        let dir = empty_dir();
+        let pairs = [
+            ("CUTIE_SHARDS", "2"),
+            ("CUTIE_LIMITS__MAX_INFLIGHT", "5"),
+            ("CUTIE_TLS__CERT_FILE", "/etc/cutie/cert.pem"),
+            ("CUTIE_AUTH__ALLOW_ANONYMOUS", "false"),
+            ("CUTIE_USER_ALICE", "secret"),
+            ("CUTIE_CONFIG", "cutie.toml"),
+            ("CUTIE_SERVICE_HOST", "10.0.0.1"),
+        ];
+        let loaded = load_with_warnings(&Cli::default(), env(&pairs), dir.path());
+        // The named file does not exist: only that is an error.
+        assert!(matches!(loaded, Err(ConfigError::FileNotFound { .. })));
+        let loaded = load_with_warnings(&Cli::default(), env(&pairs[..5]), dir.path()).unwrap();
+        assert_eq!(loaded.unknown_variables, vec![]);
+    }
+
+    #[test]
+    fn a_bad_value_for_a_known_env_variable_is_still_an_error() {
+        let dir = empty_dir();
+        assert!(
+            load_err(&Cli::default(), &[("CUTIE_SHARDS", "many")], dir.path())
+                .starts_with("invalid value for 'shards'")
         );
     }
 
@@ -1536,11 +1715,11 @@ mod tests {
         let pairs = [("CUTIE_USER_ALICE", "secret"), ("CUTIE_USER_", "x")];
         let config = load_from(&Cli::default(), env(&pairs), dir.path()).unwrap();
         assert_eq!(config, Config::default());
-        // A near miss is still an unknown key.
-        assert_eq!(
-            load_err(&Cli::default(), &[("CUTIE_USERS", "x")], dir.path()),
-            "unknown configuration key 'users' in environment variable CUTIE_USERS"
-        );
+        // A near miss is an unknown variable, not a user.
+        let loaded =
+            load_with_warnings(&Cli::default(), env(&[("CUTIE_USERS", "x")]), dir.path()).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        assert_eq!(loaded.unknown_variables[0].name, "CUTIE_USERS");
     }
 
     #[test]

@@ -47,18 +47,28 @@ fn main() -> ExitCode {
         return passwd::main(std::env::args_os().skip(2));
     }
     let cli = Cli::parse();
-    let config = match config::load(&cli) {
-        Ok(config) => config,
+    let config::Loaded {
+        config,
+        unknown_variables,
+    } = match config::load(&cli) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("cutie: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.print_config {
+        for unknown in &unknown_variables {
+            eprintln!("cutie: warning: {unknown}");
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log_level);
+    // Flushes the log lines still queued when `main` returns.
+    let (_log_guard, log_dropped) = init_logging(&config.log_level);
+    for unknown in &unknown_variables {
+        tracing::warn!("{unknown}");
+    }
     let access = Arc::new(AccessControl::new(BanConfig {
         threshold: config.limits.ban_threshold,
         window: Duration::from_secs(config.limits.ban_window_secs),
@@ -81,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match run(&config, &access, tls) {
+    match run(&config, &access, tls, log_dropped) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -91,14 +101,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Log lines queued for stderr, at most: about 4 MiB at a few hundred bytes a line.
+/// When stderr is slower than the broker logs (a full pipe nobody reads, a stalled
+/// terminal) further lines are dropped and counted (`cutie_log_lines_dropped_total`)
+/// rather than blocking the shard that logs them.
+const LOG_LINES_QUEUED_MAX: usize = 16 * 1024;
+
+/// Logs to stderr through a queue and a writer thread of its own (`cutie-log`). Keep the
+/// guard for the life of the process: dropping it writes out what is queued.
+fn init_logging(
+    filter: &str,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    tracing_appender::non_blocking::ErrorCounter,
+) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
+        .thread_name("cutie-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    (guard, dropped)
 }
 
 /// Holds an exclusive lock on `data_dir/cutie.lock` for the life of the process: two
@@ -159,6 +189,7 @@ fn run(
     config: &Config,
     access: &Arc<AccessControl>,
     tls: Option<cutie_shard::tls::TlsListener>,
+    log_dropped: tracing_appender::non_blocking::ErrorCounter,
 ) -> Result<(), String> {
     let started = Instant::now();
     let _lock = lock_data_dir(&config.data_dir)?;
@@ -176,6 +207,7 @@ fn run(
             },
             config.shards,
             prometheus,
+            log_dropped,
         )?)
     } else {
         None

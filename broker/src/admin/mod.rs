@@ -48,6 +48,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
+use tracing_appender::non_blocking::ErrorCounter;
 
 /// Threads that run the routes which lock shard snapshots or wait for shard answers
 /// (`/metrics`, `/api/...`), at most; more such requests wait their turn.
@@ -169,6 +170,8 @@ struct Shared {
     started: Instant,
     prometheus: PrometheusHandle,
     collected: Mutex<metrics::Collected>,
+    /// Log lines the stderr writer dropped rather than block a shard.
+    log_dropped: ErrorCounter,
 }
 
 impl Shared {
@@ -245,6 +248,7 @@ impl AdminServer {
         limits: Limits,
         shards: usize,
         prometheus: PrometheusHandle,
+        log_dropped: ErrorCounter,
     ) -> Result<AdminServer, String> {
         let listener = TcpListener::bind(listen)
             .map_err(|e| format!("cannot listen on admin address {listen}: {e}"))?;
@@ -268,6 +272,7 @@ impl AdminServer {
             started: Instant::now(),
             prometheus,
             collected: Mutex::new(metrics::Collected::new(shards)),
+            log_dropped,
         });
         {
             let shared = shared.clone();
@@ -441,6 +446,8 @@ fn route(shared: &Shared, request: &Request) -> Response {
         "/metrics" => {
             let (views, collected) = shared.collect();
             metrics::update(&views, shared.started.elapsed().as_secs_f64());
+            ::metrics::counter!("cutie_log_lines_dropped_total")
+                .absolute(shared.log_dropped.dropped_lines() as u64);
             let mut text = shared.prometheus.render();
             metrics::render_histograms(&mut text, &collected);
             Response {

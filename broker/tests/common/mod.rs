@@ -44,6 +44,7 @@ pub struct Launch {
     env: Vec<(OsString, OsString)>,
     timeout: Duration,
     log: Option<Arc<Mutex<Vec<String>>>>,
+    stop_reading_log: bool,
 }
 
 impl Launch {
@@ -60,6 +61,7 @@ impl Launch {
             env: Vec::new(),
             timeout: START_TIMEOUT,
             log: None,
+            stop_reading_log: false,
         }
     }
 
@@ -111,8 +113,8 @@ impl Launch {
     }
 
     /// An environment variable, e.g. `("CUTIE_LIMITS__CONNECT_TIMEOUT_SECS", "1")`; set
-    /// after the defaults, so it can override them. The broker refuses unknown `CUTIE_*`
-    /// variables.
+    /// after the defaults, so it can override them. The broker ignores unknown `CUTIE_*`
+    /// variables with a warning.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
@@ -141,6 +143,13 @@ impl Launch {
     /// caller owns it: it is not printed when the test fails.
     pub fn log_into(mut self, log: &Arc<Mutex<Vec<String>>>) -> Launch {
         self.log = Some(log.clone());
+        self
+    }
+
+    /// Stops reading the broker's stderr after `cutie is listening`, keeping the pipe open:
+    /// once the pipe's buffer (64 KiB on Linux) is full, every write to it would block.
+    pub fn stop_reading_log_after_listening(mut self) -> Launch {
+        self.stop_reading_log = true;
         self
     }
 
@@ -202,13 +211,23 @@ impl Launch {
         let (line_tx, line_rx) = mpsc::channel::<String>();
         {
             let log = log.clone();
+            let stop_reading = self.stop_reading_log;
             thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    log.lock().expect("log lock").push(line.clone());
+                let mut stderr = BufReader::new(stderr);
+                let mut line = String::new();
+                while matches!(stderr.read_line(&mut line), Ok(n) if n > 0) {
+                    let text = strip_ansi(line.trim_end_matches(['\r', '\n']));
+                    line.clear();
+                    log.lock().expect("log lock").push(text.clone());
+                    let listening = text.contains("cutie is listening");
                     // Nobody receives once the broker listens; keep recording.
-                    let _ = line_tx.send(line);
+                    let _ = line_tx.send(text);
+                    if listening && stop_reading {
+                        // Hold the pipe open, unread, for as long as this test runs.
+                        loop {
+                            thread::park();
+                        }
+                    }
                 }
             });
         }
