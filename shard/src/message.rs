@@ -212,4 +212,43 @@ mod tests {
             "{same} of 100 pairs on one shard"
         );
     }
+
+    /// Session placement is part of the on-disk format: a shard's log holds the sessions
+    /// `owner_of` gave it, and a restart with the same shard count must find each one
+    /// where it was. These values were computed by an independent implementation of
+    /// FNV-1a 64 followed by MurmurHash3's `fmix64`, reduced modulo the shard count;
+    /// any change to the hash moves sessions and must fail here (then it needs a
+    /// migration, like a change of shard count, not a new table).
+    #[test]
+    fn owner_of_golden_values_are_part_of_the_on_disk_format() {
+        const SHARD_COUNTS: [u16; 10] = [1, 2, 3, 4, 7, 8, 16, 64, 1000, 65535];
+        #[rustfmt::skip]
+        let golden: [(&str, [u16; 10]); 9] = [
+            ("",                   [0, 0, 2, 2, 1, 6, 6, 38, 342, 62192]),
+            ("a",                  [0, 1, 2, 3, 1, 3, 11, 27, 315, 42005]),
+            ("client-a",           [0, 1, 1, 3, 1, 3, 11, 43, 387, 36772]),
+            ("sub1",               [0, 1, 1, 3, 5, 3, 11, 27, 699, 50494]),
+            ("pub1",               [0, 0, 2, 2, 6, 6, 6, 22, 294, 57434]),
+            ("sensor/42",          [0, 0, 0, 0, 1, 4, 4, 36, 636, 65421]),
+            ("mosquitto_sub_1234", [0, 1, 0, 3, 2, 3, 3, 3, 267, 42072]),
+            // Bytes, not characters, are hashed: 14 bytes of UTF-8.
+            ("\u{fc}n\u{ef}c\u{f6}d\u{e9}-id", [0, 0, 1, 0, 1, 4, 4, 52, 364, 46804]),
+            (
+                "a-rather-long-client-identifier-of-sixty-four-bytes-0123456789ab",
+                [0, 1, 1, 3, 1, 7, 7, 39, 679, 23299],
+            ),
+        ];
+        for (client_id, owners) in golden {
+            for (shard_count, owner) in SHARD_COUNTS.into_iter().zip(owners) {
+                assert_eq!(
+                    owner_of(client_id, shard_count),
+                    ShardId(owner),
+                    "owner_of({client_id:?}, {shard_count}) moved: sessions already on \
+                     disk would be looked for on the wrong shard"
+                );
+            }
+        }
+        // A shard count of 0 is treated as 1.
+        assert_eq!(owner_of("client-a", 0), ShardId(0));
+    }
 }
