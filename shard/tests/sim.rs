@@ -66,6 +66,19 @@
 //!   and connections agree with what the simulation saw.
 //! - Liveness (end): the run settles (every barrier completes, every session drains)
 //!   within a step budget once clients stop misbehaving.
+//!
+//! Faults (durable scenarios, each behind a scenario flag):
+//!
+//! - Log failure: at a random step, while it has records to write, one shard's log
+//!   fails (`log_failed`) and is reopened some steps later (`log_recovered`), as the
+//!   runtime's log task does: the image of the log keeps every record taken, and the
+//!   reopened log starts from it. Meanwhile the shard refuses QoS 1/2 PUBLISHes and
+//!   persistent CONNECTs (CONNACK 3), closes the connections whose acknowledgements
+//!   waited for its log, and Nacks forwards it could not make durable; a Nack closes
+//!   the publishers waiting on that barrier. The model accepts exactly these closes
+//!   (with their wills) and every invariant above still holds: an acknowledgement is
+//!   never sent for what the failure lost, and every barrier completes once the log is
+//!   back and the clients have re-sent.
 
 use bytes::{Bytes, BytesMut};
 use cutie_codec::{
@@ -116,6 +129,9 @@ struct Scenario {
     /// state that must match the shard's persistent sessions after every step, and a
     /// shard restored from it must match the shard at the end.
     durable: bool,
+    /// (Durable only.) One shard's log fails at a random step and is reopened some
+    /// steps later, as the runtime's log task does (see `Sim::fail_log`).
+    log_failure: bool,
 }
 
 /// One shard's write-ahead log in the simulation: records taken, how far committed, and
@@ -124,7 +140,11 @@ struct Scenario {
 struct SimLog {
     taken: u64,
     committed: u64,
+    /// The runtime's image of the log: every record taken, committed or not (after a
+    /// failure it is what the reopened log starts from, as a snapshot).
     state: DurableState,
+    /// A write failed and the log is not reopened yet: nothing is committed.
+    failed: bool,
 }
 
 // ----- the model ---------------------------------------------------------------------------
@@ -275,6 +295,12 @@ enum End {
     ProtocolError,
     Lost,
     Refused,
+    /// The shard's log failed while the connection waited for it (no will is spared).
+    LogFailed,
+    /// A QoS 1/2 PUBLISH reached a shard whose log is failed.
+    LogRefused,
+    /// A peer could not log a forward the connection's acknowledgement waited for.
+    Nacked,
 }
 
 #[derive(Debug)]
@@ -340,6 +366,10 @@ enum Cause {
     Lost(usize),
     Tick,
     Mesh,
+    /// A `MeshMessage::Nack` was delivered.
+    Nack,
+    /// `log_failed` on this shard.
+    LogFailed(u16),
 }
 
 enum Payload {
@@ -408,6 +438,12 @@ struct Outcome {
     restored: u64,
     /// Records logged, by kind.
     records: BTreeMap<&'static str, u64>,
+    /// Logs that failed and were reopened.
+    log_failures: u64,
+    /// Barriers failed by a peer's Nack (`barriers_failed_total`).
+    barriers_failed: u64,
+    /// Persistent CONNECTs refused with CONNACK 3 while the log was failed.
+    refused_unavailable: u64,
 }
 
 /// The retained store of a shard, as plain values.
@@ -576,6 +612,10 @@ struct Sim {
     expected_wills: BTreeSet<String>,
     watcher_wills: BTreeSet<String>,
     settling: bool,
+    /// (step, shard, step of the reopen): the log failure this run plays.
+    log_failure: Option<(usize, u16, usize)>,
+    /// The latest `handle_bytes` refused a QoS 1/2 PUBLISH (failed log).
+    publish_refused: bool,
     out: Outcome,
 }
 
@@ -612,6 +652,15 @@ impl Sim {
             })
             .collect();
         let next_tick_ms = (0..n).map(|_| rng.gen_range(1..=TICK_MS)).collect();
+        // Drawn only when asked for: the other scenarios' seeds keep their runs.
+        let log_failure = sc.log_failure.then(|| {
+            let at = rng.gen_range(sc.steps / 5..sc.steps * 3 / 5);
+            (
+                at,
+                rng.gen_range(0..sc.shards),
+                at + rng.gen_range(50..=sc.steps / 3),
+            )
+        });
         let mut sim = Sim {
             sc,
             rng,
@@ -638,6 +687,8 @@ impl Sim {
             expected_wills: BTreeSet::new(),
             watcher_wills: BTreeSet::new(),
             settling: false,
+            log_failure,
+            publish_refused: false,
             out: Outcome {
                 forwards_to: vec![0; n],
                 ..Outcome::default()
@@ -836,9 +887,13 @@ impl Sim {
                 );
                 End::KeepAlive
             }
+            // Before DISCONNECT: a refused PUBLISH written before it closed the connection.
+            Cause::Bytes(n) if n == s && self.publish_refused => End::LogRefused,
             Cause::Bytes(n) if n == s && sock.wrote_disconnect => End::Disconnect,
             Cause::Bytes(n) if n == s && sock.wrote_violation => End::ProtocolError,
             Cause::Lost(n) if n == s => End::Lost,
+            Cause::LogFailed(k) if k == sock.owner => End::LogFailed,
+            Cause::Nack => End::Nacked,
             other => panic!("socket {s} closed by the core for no reason (during {other:?})"),
         };
         self.log(|| format!("server closed socket {s}: {end:?}"));
@@ -870,8 +925,16 @@ impl Sim {
     fn connect_model(&mut self, s: usize) {
         let c = self.socks[s].client;
         if !self.socks[s].server_open {
+            // A persistent session is not promised while the log takes nothing.
+            let unavailable = !self.socks[s].clean
+                && !self.shards[usize::from(self.socks[s].owner)].log_healthy();
             self.socks[s].end = Some(End::Refused);
-            self.socks[s].expected_code = Some(ConnectReturnCode::IdentifierRejected);
+            self.socks[s].expected_code = Some(if unavailable {
+                self.out.refused_unavailable += 1;
+                ConnectReturnCode::ServerUnavailable
+            } else {
+                ConnectReturnCode::IdentifierRejected
+            });
             *self.out.ends.entry("Refused".to_string()).or_insert(0) += 1;
             return;
         }
@@ -980,9 +1043,13 @@ impl Sim {
         let owner = sock.owner;
         let conn = sock.conn;
         let mut buf = std::mem::take(&mut sock.server_buf);
-        self.shards[usize::from(owner)].handle_bytes(conn, &mut buf, self.now_ms);
+        let k = usize::from(owner);
+        let refused = self.shards[k].stats.publish_refused_log_failed_total;
+        self.shards[k].handle_bytes(conn, &mut buf, self.now_ms);
         self.socks[s].server_buf = buf;
+        self.publish_refused = self.shards[k].stats.publish_refused_log_failed_total > refused;
         self.after_call(owner, Cause::Bytes(s));
+        self.publish_refused = false;
     }
 
     fn deliver_to_server(&mut self, s: usize) {
@@ -1056,8 +1123,12 @@ impl Sim {
         match self.mesh[i].pop_front().expect("non-empty mesh queue") {
             Envelope::Core(message) => {
                 self.log(|| format!("mesh {from}->{to}: {message:?}"));
+                let cause = match message {
+                    MeshMessage::Nack(_) => Cause::Nack,
+                    _ => Cause::Mesh,
+                };
                 self.shards[usize::from(to)].handle_mesh(ShardId(from), message);
-                self.after_call(to, Cause::Mesh);
+                self.after_call(to, cause);
                 // So does the receiver of a mesh queue.
                 self.mesh_paced[i] = self.shards[usize::from(to)].take_pressure();
                 self.out.paced += u64::from(self.mesh_paced[i].is_some());
@@ -1137,7 +1208,7 @@ impl Sim {
             kinds.push(2);
         }
         let uncommitted: Vec<usize> = (0..self.logs.len())
-            .filter(|&k| self.logs[k].taken > self.logs[k].committed)
+            .filter(|&k| !self.logs[k].failed && self.logs[k].taken > self.logs[k].committed)
             .collect();
         if !uncommitted.is_empty() {
             kinds.push(3);
@@ -2228,8 +2299,13 @@ impl Sim {
             n += 1;
             assert!(n < 10_000, "the watcher's SUBACK never came");
         }
-        for _ in 0..self.sc.steps {
+        for step in 0..self.sc.steps {
+            self.planned_events(step);
             self.step();
+        }
+        // Liveness is checked once every log is back.
+        if let Some((_, k, _)) = self.log_failure {
+            self.reopen_log(k);
         }
         self.log(|| "settling".to_string());
         self.settle();
@@ -2248,6 +2324,54 @@ impl Sim {
             self.check_restore();
         }
         self.out
+    }
+
+    /// The events the scenario planned for `step`.
+    fn planned_events(&mut self, step: usize) {
+        if let Some((at, k, reopen_at)) = self.log_failure {
+            let i = usize::from(k);
+            // A write fails: it happens while the log has records to write.
+            if (at..reopen_at).contains(&step) && self.logs[i].taken > self.logs[i].committed {
+                self.fail_log(k);
+            } else if step == reopen_at {
+                self.reopen_log(k);
+            }
+        }
+    }
+
+    /// A write or sync of shard `k`'s log fails, as the runtime's log task reports it:
+    /// what was taken and not committed never will be (the image keeps it, see
+    /// `SimLog::state`), and nothing is committed until the log is reopened. The core
+    /// closes the connections whose acknowledgements waited (with their wills), Nacks
+    /// the forwards it owed an Ack, and from now on refuses QoS 1/2 publishes and
+    /// persistent CONNECTs; peers close the publishers whose barriers get a Nack. The
+    /// model accepts exactly those closes (`End::LogFailed`, `LogRefused`, `Nacked`).
+    fn fail_log(&mut self, k: u16) {
+        let i = usize::from(k);
+        if self.logs[i].failed || self.out.log_failures > 0 {
+            return;
+        }
+        self.log(|| format!("shard {k}: log failed"));
+        self.logs[i].failed = true;
+        self.shards[i].log_failed();
+        self.after_call(k, Cause::LogFailed(k));
+        assert!(!self.shards[i].log_healthy());
+    }
+
+    /// The runtime reopened shard `k`'s log and wrote its whole image as a snapshot:
+    /// everything taken so far is committed.
+    fn reopen_log(&mut self, k: u16) {
+        let i = usize::from(k);
+        if !self.logs[i].failed {
+            return;
+        }
+        let seq = self.logs[i].taken;
+        self.log(|| format!("shard {k}: log reopened at {seq}"));
+        self.logs[i].failed = false;
+        self.logs[i].committed = seq;
+        self.shards[i].log_recovered(seq);
+        self.after_call(k, Cause::Mesh);
+        self.out.log_failures += 1;
     }
 
     /// A shard rebuilt from its log holds the same persistent sessions and owned
@@ -2324,6 +2448,13 @@ impl Sim {
             self.shards.iter().map(|s| f(&s.stats)).sum()
         };
         self.out.dropped_queue_full = total(|s| s.dropped_queue_full_total);
+        self.out.barriers_failed = total(|s| s.barriers_failed_total);
+        if self.log_failure.is_none() {
+            assert_eq!(
+                self.out.barriers_failed, 0,
+                "a barrier failed with every log healthy"
+            );
+        }
         self.out.dropped_outbound_full = total(|s| s.dropped_outbound_full_total);
         if self.sc.bounded {
             assert!(
@@ -2388,6 +2519,11 @@ impl Sim {
             total(|s| s.connections_refused_total),
             ends("Refused"),
             "connections_refused_total"
+        );
+        assert_eq!(
+            total(|s| s.publish_refused_log_failed_total),
+            ends("LogRefused"),
+            "publish_refused_log_failed_total"
         );
 
         assert_eq!(
@@ -2536,6 +2672,7 @@ const ONE_SHARD: Scenario = Scenario {
     steps: 1200,
     bounded: false,
     durable: false,
+    log_failure: false,
 };
 
 const FOUR_SHARDS: Scenario = Scenario {
@@ -2546,6 +2683,7 @@ const FOUR_SHARDS: Scenario = Scenario {
     steps: 1500,
     bounded: false,
     durable: false,
+    log_failure: false,
 };
 
 const BOUNDED: Scenario = Scenario {
@@ -2556,6 +2694,7 @@ const BOUNDED: Scenario = Scenario {
     steps: 1500,
     bounded: true,
     durable: false,
+    log_failure: false,
 };
 
 const ONE_SHARD_DURABLE: Scenario = Scenario {
@@ -2574,6 +2713,12 @@ const BOUNDED_DURABLE: Scenario = Scenario {
     name: "tight_limits_with_durability_sync_log_exactly_the_persistent_state",
     durable: true,
     ..BOUNDED
+};
+
+const LOG_FAILURE: Scenario = Scenario {
+    name: "a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee",
+    log_failure: true,
+    ..FOUR_SHARDS_DURABLE
 };
 
 #[test]
@@ -2611,6 +2756,32 @@ fn four_shards_with_durability_sync_log_exactly_their_persistent_state() {
                 .sum();
             assert!(n > 0, "no {kind} record was ever logged");
         }
+    }
+}
+
+#[test]
+fn a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee() {
+    let outcomes = run_seeds(LOG_FAILURE, 6_000_000, 40);
+    if replay_seed().is_none() {
+        assert!(
+            sum(&outcomes, |o| o.obligations) > 300,
+            "few QoS obligations checked"
+        );
+        assert!(
+            sum(&outcomes, |o| o.log_failures) * 10 >= outcomes.len() as u64 * 9,
+            "few runs reached a log failure"
+        );
+        for end in ["LogFailed", "LogRefused", "Nacked"] {
+            assert!(ends(&outcomes, end) > 5, "few connections ended by {end}");
+        }
+        assert!(
+            sum(&outcomes, |o| o.barriers_failed) > 5,
+            "few barriers failed by a Nack"
+        );
+        assert!(
+            sum(&outcomes, |o| o.refused_unavailable) > 5,
+            "few persistent CONNECTs refused while a log was failed"
+        );
     }
 }
 
