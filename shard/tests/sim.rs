@@ -85,6 +85,11 @@
 //!   messages before clients come back (see `Sim::crash`, also for why not one shard
 //!   alone). Every invariant still holds across it, except that a QoS 1 message may
 //!   come again without DUP, and wills published before it may be lost.
+//! - ACL reload (non-durable): clients have user names and a test authorizer withholds
+//!   some topics from some users; at a random step every shard gets new rules
+//!   (`set_authorizer`, as the runtime does at a tick). A message first written after
+//!   the reload reaches a client only if the new rules let it read the topic, and the
+//!   at-least-once check counts only messages the subscriber may read.
 
 use bytes::{Bytes, BytesMut};
 use cutie_codec::{
@@ -141,6 +146,61 @@ struct Scenario {
     /// (Durable only.) The broker crashes at a random step and restarts from what its
     /// logs hold (see `Sim::crash`).
     crash: bool,
+    /// Clients have user names and an authorizer withholds some topics from some
+    /// users; at a random step every shard gets new rules (see `SimAuthorizer`).
+    acl: bool,
+}
+
+/// Topics each user may not read, per generation of the rules: user `u<c % 3>` is
+/// client `c` (the will watcher and the probes have no user name and read everything).
+fn read_denied(generation: u64, user: Option<usize>, topic: &str) -> bool {
+    const RULES: [&[(usize, &str)]; 2] = [
+        &[(1, "t/c/d"), (2, "t/b")],
+        &[(1, "t/a"), (2, "r/shared"), (2, "t/c/d")],
+    ];
+    let rules = RULES[usize::try_from(generation).unwrap_or(1).min(1)];
+    user.is_some_and(|u| rules.iter().any(|&(who, t)| who == u && t == topic))
+}
+
+/// The test's authorizer: read rules by user name; publishing and subscribing are
+/// always allowed (a denied PUBLISH is acknowledged and dropped, which the model does
+/// not follow).
+#[derive(Debug)]
+struct SimAuthorizer {
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct SimPolicy {
+    generation: u64,
+    user: Option<usize>,
+}
+
+impl cutie_shard::access::Authorizer for SimAuthorizer {
+    fn policy(
+        &self,
+        client: &cutie_shard::access::Identity<'_>,
+    ) -> Box<dyn cutie_shard::access::ClientPolicy> {
+        Box::new(SimPolicy {
+            generation: self.generation,
+            user: client
+                .username
+                .and_then(|u| u.strip_prefix('u'))
+                .and_then(|u| u.parse().ok()),
+        })
+    }
+}
+
+impl cutie_shard::access::ClientPolicy for SimPolicy {
+    fn may_publish(&self, _topic: &str) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _filter: &str) -> bool {
+        true
+    }
+    fn may_read(&self, topic: &str) -> bool {
+        !read_denied(self.generation, self.user, topic)
+    }
 }
 
 /// One shard's write-ahead log in the simulation: records taken, how far committed, and
@@ -480,6 +540,8 @@ struct Outcome {
     torn_records_kept: u64,
     /// Persistent sessions the model had that a crash took back to an older state.
     sessions_resurrected: u64,
+    /// Deliveries checked against the rules after an ACL reload.
+    acl_checked: u64,
 }
 
 /// The retained store of a shard, as plain values.
@@ -654,6 +716,9 @@ struct Sim {
     publish_refused: bool,
     /// The step at which the broker crashes.
     crash_at: Option<usize>,
+    /// (ACL scenario) the step of the reload, and the clock when it happened.
+    acl_reload_at: Option<usize>,
+    acl_reloaded_clock: Option<u64>,
     /// Counters of the cores a crash replaced.
     retired: Vec<cutie_shard::stats::ShardStats>,
     /// Wills published before a crash that the crash may have lost: no one acknowledged
@@ -707,6 +772,9 @@ impl Sim {
         let crash_at = sc
             .crash
             .then(|| rng.gen_range(sc.steps / 5..sc.steps * 4 / 5));
+        let acl_reload_at = sc
+            .acl
+            .then(|| rng.gen_range(sc.steps / 5..sc.steps * 4 / 5));
         let mut sim = Sim {
             sc,
             rng,
@@ -736,6 +804,8 @@ impl Sim {
             log_failure,
             publish_refused: false,
             crash_at,
+            acl_reload_at,
+            acl_reloaded_clock: None,
             retired: Vec::new(),
             maybe_wills: BTreeSet::new(),
             out: Outcome {
@@ -743,6 +813,11 @@ impl Sim {
                 ..Outcome::default()
             },
         };
+        if sc.acl {
+            for core in &mut sim.shards {
+                core.set_authorizer(Some(std::sync::Arc::new(SimAuthorizer { generation: 0 })));
+            }
+        }
         sim.add_client("watcher".to_string(), Kind::Watcher);
         for i in 1..=sc.named {
             // Named after their index, like their topics `r/<index>` and `will/<index>`.
@@ -1411,7 +1486,8 @@ impl Sim {
             keep_alive_secs,
             client_id: client.id.as_str().into(),
             will,
-            username: None,
+            username: (self.sc.acl && matches!(kind, Kind::Named | Kind::Anon))
+                .then(|| format!("u{}", c % 3).into()),
             password: None,
         };
         self.write(c, &Packet::Connect(Box::new(connect)));
@@ -1692,6 +1768,16 @@ impl Sim {
         }
     }
 
+    /// The user of client `c` in the ACL scenario (see `read_denied`).
+    fn user(&self, c: usize) -> Option<usize> {
+        (self.sc.acl && matches!(self.clients[c].kind, Kind::Named | Kind::Anon)).then_some(c % 3)
+    }
+
+    /// The rules in force now.
+    fn acl_generation(&self) -> u64 {
+        u64::from(self.acl_reloaded_clock.is_some())
+    }
+
     /// Every online check of one PUBLISH the client read.
     fn record_delivery(&mut self, c: usize, s: usize, publish: &Publish, first: bool) {
         let qos = publish.qos.qos();
@@ -1734,6 +1820,20 @@ impl Sim {
                     .msgs
                     .get(&key)
                     .expect("delivered message was published");
+                // Read access: what was first written after the reload is sent only if the
+                // new rules let this client read it (earlier ones may already have been
+                // on their way).
+                if self
+                    .acl_reloaded_clock
+                    .is_some_and(|clock| m.first_sent > clock)
+                {
+                    assert!(
+                        !read_denied(self.acl_generation(), self.user(c), m.topic.as_str()),
+                        "client {c}: got {key:?} on {}, which its rules since the reload deny",
+                        m.topic.as_str()
+                    );
+                    self.out.acl_checked += 1;
+                }
                 assert_eq!(m.topic, publish.topic, "message {key:?} changed topic");
                 assert!(qos <= m.qos, "message {key:?} delivered above its QoS");
                 assert!(m.txs.contains(&tx), "message {key:?}: unknown transmission");
@@ -2389,6 +2489,16 @@ impl Sim {
 
     /// The events the scenario planned for `step`.
     fn planned_events(&mut self, step: usize) {
+        if self.acl_reload_at == Some(step) {
+            // As the runtime does at a tick after SIGHUP: every shard, one by one.
+            self.log(|| "ACL reload".to_string());
+            self.acl_reloaded_clock = Some(self.clock);
+            for k in 0..self.shards.len() {
+                self.shards[k]
+                    .set_authorizer(Some(std::sync::Arc::new(SimAuthorizer { generation: 1 })));
+                self.after_call(k as u16, Cause::Mesh);
+            }
+        }
         if let Some(at) = self.crash_at {
             // Most crashes worth seeing catch a log with records written, not synced.
             if step >= at && (self.logs.iter().any(|l| !l.pending.is_empty()) || step > at + 100) {
@@ -2612,6 +2722,14 @@ impl Sim {
                 continue;
             }
             for (c, client) in self.clients.iter().enumerate() {
+                // Only what the subscriber may read is owed to it (under either rules:
+                // which applied depends on when the message reached its session).
+                let user = self.user(c);
+                if (0..=self.acl_generation())
+                    .any(|generation| read_denied(generation, user, m.topic.as_str()))
+                {
+                    continue;
+                }
                 let obliged = client.intervals.iter().any(|i| {
                     i.end.is_none()
                         && i.qos != QoS::AtMostOnce
@@ -2867,6 +2985,7 @@ const ONE_SHARD: Scenario = Scenario {
     durable: false,
     log_failure: false,
     crash: false,
+    acl: false,
 };
 
 const FOUR_SHARDS: Scenario = Scenario {
@@ -2879,6 +2998,7 @@ const FOUR_SHARDS: Scenario = Scenario {
     durable: false,
     log_failure: false,
     crash: false,
+    acl: false,
 };
 
 const BOUNDED: Scenario = Scenario {
@@ -2891,6 +3011,7 @@ const BOUNDED: Scenario = Scenario {
     durable: false,
     log_failure: false,
     crash: false,
+    acl: false,
 };
 
 const ONE_SHARD_DURABLE: Scenario = Scenario {
@@ -2915,6 +3036,12 @@ const LOG_FAILURE: Scenario = Scenario {
     name: "a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee",
     log_failure: true,
     ..FOUR_SHARDS_DURABLE
+};
+
+const ACL_RELOAD: Scenario = Scenario {
+    name: "an_acl_reload_withholds_what_the_new_rules_deny_and_nothing_else",
+    acl: true,
+    ..FOUR_SHARDS
 };
 
 const CRASH: Scenario = Scenario {
@@ -2983,6 +3110,21 @@ fn a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee() {
         assert!(
             sum(&outcomes, |o| o.refused_unavailable) > 5,
             "few persistent CONNECTs refused while a log was failed"
+        );
+    }
+}
+
+#[test]
+fn an_acl_reload_withholds_what_the_new_rules_deny_and_nothing_else() {
+    let outcomes = run_seeds(ACL_RELOAD, 8_000_000, 30);
+    if replay_seed().is_none() {
+        assert!(
+            sum(&outcomes, |o| o.acl_checked) > 1000,
+            "few deliveries checked after a reload"
+        );
+        assert!(
+            sum(&outcomes, |o| o.obligations) > 300,
+            "few QoS obligations checked"
         );
     }
 }
