@@ -66,6 +66,30 @@
 //!   and connections agree with what the simulation saw.
 //! - Liveness (end): the run settles (every barrier completes, every session drains)
 //!   within a step budget once clients stop misbehaving.
+//!
+//! Faults (durable scenarios, each behind a scenario flag):
+//!
+//! - Log failure: at a random step, while it has records to write, one shard's log
+//!   fails (`log_failed`) and is reopened some steps later (`log_recovered`), as the
+//!   runtime's log task does: the image of the log keeps every record taken, and the
+//!   reopened log starts from it. Meanwhile the shard refuses QoS 1/2 PUBLISHes and
+//!   persistent CONNECTs (CONNACK 3), closes the connections whose acknowledgements
+//!   waited for its log, and Nacks forwards it could not make durable; a Nack closes
+//!   the publishers waiting on that barrier. The model accepts exactly these closes
+//!   (with their wills) and every invariant above still holds: an acknowledgement is
+//!   never sent for what the failure lost, and every barrier completes once the log is
+//!   back and the clients have re-sent.
+//! - Crash: at a random step the whole broker dies (SIGKILL) and restarts from its logs:
+//!   what was committed and any prefix of the batches written since, every connection
+//!   and mesh message lost, the restored cores exchanging interest and retained
+//!   messages before clients come back (see `Sim::crash`, also for why not one shard
+//!   alone). Every invariant still holds across it, except that a QoS 1 message may
+//!   come again without DUP, and wills published before it may be lost.
+//! - ACL reload (non-durable): clients have user names and a test authorizer withholds
+//!   some topics from some users; at a random step every shard gets new rules
+//!   (`set_authorizer`, as the runtime does at a tick). A message first written after
+//!   the reload reaches a client only if the new rules let it read the topic, and the
+//!   at-least-once check counts only messages the subscriber may read.
 
 use bytes::{Bytes, BytesMut};
 use cutie_codec::{
@@ -116,6 +140,67 @@ struct Scenario {
     /// state that must match the shard's persistent sessions after every step, and a
     /// shard restored from it must match the shard at the end.
     durable: bool,
+    /// (Durable only.) One shard's log fails at a random step and is reopened some
+    /// steps later, as the runtime's log task does (see `Sim::fail_log`).
+    log_failure: bool,
+    /// (Durable only.) The broker crashes at a random step and restarts from what its
+    /// logs hold (see `Sim::crash`).
+    crash: bool,
+    /// Clients have user names and an authorizer withholds some topics from some
+    /// users; at a random step every shard gets new rules (see `SimAuthorizer`).
+    acl: bool,
+}
+
+/// Topics each user may not read, per generation of the rules: user `u<c % 3>` is
+/// client `c` (the will watcher and the probes have no user name and read everything).
+fn read_denied(generation: u64, user: Option<usize>, topic: &str) -> bool {
+    const RULES: [&[(usize, &str)]; 2] = [
+        &[(1, "t/c/d"), (2, "t/b")],
+        &[(1, "t/a"), (2, "r/shared"), (2, "t/c/d")],
+    ];
+    let rules = RULES[usize::try_from(generation).unwrap_or(1).min(1)];
+    user.is_some_and(|u| rules.iter().any(|&(who, t)| who == u && t == topic))
+}
+
+/// The test's authorizer: read rules by user name; publishing and subscribing are
+/// always allowed (a denied PUBLISH is acknowledged and dropped, which the model does
+/// not follow).
+#[derive(Debug)]
+struct SimAuthorizer {
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct SimPolicy {
+    generation: u64,
+    user: Option<usize>,
+}
+
+impl cutie_shard::access::Authorizer for SimAuthorizer {
+    fn policy(
+        &self,
+        client: &cutie_shard::access::Identity<'_>,
+    ) -> Box<dyn cutie_shard::access::ClientPolicy> {
+        Box::new(SimPolicy {
+            generation: self.generation,
+            user: client
+                .username
+                .and_then(|u| u.strip_prefix('u'))
+                .and_then(|u| u.parse().ok()),
+        })
+    }
+}
+
+impl cutie_shard::access::ClientPolicy for SimPolicy {
+    fn may_publish(&self, _topic: &str) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _filter: &str) -> bool {
+        true
+    }
+    fn may_read(&self, topic: &str) -> bool {
+        !read_denied(self.generation, self.user, topic)
+    }
 }
 
 /// One shard's write-ahead log in the simulation: records taken, how far committed, and
@@ -124,7 +209,28 @@ struct Scenario {
 struct SimLog {
     taken: u64,
     committed: u64,
+    /// The runtime's image of the log: every record taken, committed or not (after a
+    /// failure it is what the reopened log starts from, as a snapshot).
     state: DurableState,
+    /// A write failed and the log is not reopened yet: nothing is committed.
+    failed: bool,
+    /// What the disk holds for sure: the records committed (or snapshotted at a reopen).
+    durable: DurableState,
+    /// Records taken and not committed yet, in order, one batch per core call: a crash
+    /// keeps any prefix of these batches (written, not synced; see `Sim::crash`).
+    pending: Vec<Vec<Record>>,
+}
+
+impl SimLog {
+    /// Everything taken is on disk.
+    fn commit(&mut self) {
+        for record in self.pending.drain(..).flatten() {
+            if let Err(misfit) = self.durable.apply(&record) {
+                panic!("record {record:?} does not fit the durable state: {misfit:?}");
+            }
+        }
+        self.committed = self.taken;
+    }
 }
 
 // ----- the model ---------------------------------------------------------------------------
@@ -241,6 +347,9 @@ struct Client {
     next_tx: u64,
     probe: Option<ProbeWindow>,
     probe_result: Option<BTreeMap<TopicName, Bytes>>,
+    /// A crash brought back a persistent session this client had left (its state here
+    /// no longer matches it): the next CONNECT discards it.
+    must_clean: bool,
     // The model.
     server_session: Option<ServerSession>,
     intervals: Vec<Interval>,
@@ -275,6 +384,14 @@ enum End {
     ProtocolError,
     Lost,
     Refused,
+    /// The shard's log failed while the connection waited for it (no will is spared).
+    LogFailed,
+    /// A QoS 1/2 PUBLISH reached a shard whose log is failed.
+    LogRefused,
+    /// A peer could not log a forward the connection's acknowledgement waited for.
+    Nacked,
+    /// The broker crashed with the connection open.
+    Crash,
 }
 
 #[derive(Debug)]
@@ -340,6 +457,10 @@ enum Cause {
     Lost(usize),
     Tick,
     Mesh,
+    /// A `MeshMessage::Nack` was delivered.
+    Nack,
+    /// `log_failed` on this shard.
+    LogFailed(u16),
 }
 
 enum Payload {
@@ -408,6 +529,19 @@ struct Outcome {
     restored: u64,
     /// Records logged, by kind.
     records: BTreeMap<&'static str, u64>,
+    /// Logs that failed and were reopened.
+    log_failures: u64,
+    /// Barriers failed by a peer's Nack (`barriers_failed_total`).
+    barriers_failed: u64,
+    /// Persistent CONNECTs refused with CONNACK 3 while the log was failed.
+    refused_unavailable: u64,
+    /// Broker crashes, and the batches written but not synced that survived them.
+    crashes: u64,
+    torn_records_kept: u64,
+    /// Persistent sessions the model had that a crash took back to an older state.
+    sessions_resurrected: u64,
+    /// Deliveries checked against the rules after an ACL reload.
+    acl_checked: u64,
 }
 
 /// The retained store of a shard, as plain values.
@@ -576,6 +710,20 @@ struct Sim {
     expected_wills: BTreeSet<String>,
     watcher_wills: BTreeSet<String>,
     settling: bool,
+    /// (step, shard, step of the reopen): the log failure this run plays.
+    log_failure: Option<(usize, u16, usize)>,
+    /// The latest `handle_bytes` refused a QoS 1/2 PUBLISH (failed log).
+    publish_refused: bool,
+    /// The step at which the broker crashes.
+    crash_at: Option<usize>,
+    /// (ACL scenario) the step of the reload, and the clock when it happened.
+    acl_reload_at: Option<usize>,
+    acl_reloaded_clock: Option<u64>,
+    /// Counters of the cores a crash replaced.
+    retired: Vec<cutie_shard::stats::ShardStats>,
+    /// Wills published before a crash that the crash may have lost: no one acknowledged
+    /// them, so nothing made them durable before the watcher's queue did.
+    maybe_wills: BTreeSet<String>,
     out: Outcome,
 }
 
@@ -612,6 +760,21 @@ impl Sim {
             })
             .collect();
         let next_tick_ms = (0..n).map(|_| rng.gen_range(1..=TICK_MS)).collect();
+        // Drawn only when asked for: the other scenarios' seeds keep their runs.
+        let log_failure = sc.log_failure.then(|| {
+            let at = rng.gen_range(sc.steps / 5..sc.steps * 3 / 5);
+            (
+                at,
+                rng.gen_range(0..sc.shards),
+                at + rng.gen_range(50..=sc.steps / 3),
+            )
+        });
+        let crash_at = sc
+            .crash
+            .then(|| rng.gen_range(sc.steps / 5..sc.steps * 4 / 5));
+        let acl_reload_at = sc
+            .acl
+            .then(|| rng.gen_range(sc.steps / 5..sc.steps * 4 / 5));
         let mut sim = Sim {
             sc,
             rng,
@@ -638,11 +801,23 @@ impl Sim {
             expected_wills: BTreeSet::new(),
             watcher_wills: BTreeSet::new(),
             settling: false,
+            log_failure,
+            publish_refused: false,
+            crash_at,
+            acl_reload_at,
+            acl_reloaded_clock: None,
+            retired: Vec::new(),
+            maybe_wills: BTreeSet::new(),
             out: Outcome {
                 forwards_to: vec![0; n],
                 ..Outcome::default()
             },
         };
+        if sc.acl {
+            for core in &mut sim.shards {
+                core.set_authorizer(Some(std::sync::Arc::new(SimAuthorizer { generation: 0 })));
+            }
+        }
         sim.add_client("watcher".to_string(), Kind::Watcher);
         for i in 1..=sc.named {
             // Named after their index, like their topics `r/<index>` and `will/<index>`.
@@ -681,6 +856,7 @@ impl Sim {
             next_tx: 0,
             probe: None,
             probe_result: None,
+            must_clean: false,
             server_session: None,
             intervals: Vec::new(),
             requested: BTreeMap::new(),
@@ -730,6 +906,7 @@ impl Sim {
         }
         if !records.is_empty() {
             self.logs[k].taken = seq;
+            self.logs[k].pending.push(records);
         }
         let open: Vec<usize> = self.open[k].iter().copied().collect();
         for s in open {
@@ -836,9 +1013,13 @@ impl Sim {
                 );
                 End::KeepAlive
             }
+            // Before DISCONNECT: a refused PUBLISH written before it closed the connection.
+            Cause::Bytes(n) if n == s && self.publish_refused => End::LogRefused,
             Cause::Bytes(n) if n == s && sock.wrote_disconnect => End::Disconnect,
             Cause::Bytes(n) if n == s && sock.wrote_violation => End::ProtocolError,
             Cause::Lost(n) if n == s => End::Lost,
+            Cause::LogFailed(k) if k == sock.owner => End::LogFailed,
+            Cause::Nack => End::Nacked,
             other => panic!("socket {s} closed by the core for no reason (during {other:?})"),
         };
         self.log(|| format!("server closed socket {s}: {end:?}"));
@@ -870,8 +1051,16 @@ impl Sim {
     fn connect_model(&mut self, s: usize) {
         let c = self.socks[s].client;
         if !self.socks[s].server_open {
+            // A persistent session is not promised while the log takes nothing.
+            let unavailable = !self.socks[s].clean
+                && !self.shards[usize::from(self.socks[s].owner)].log_healthy();
             self.socks[s].end = Some(End::Refused);
-            self.socks[s].expected_code = Some(ConnectReturnCode::IdentifierRejected);
+            self.socks[s].expected_code = Some(if unavailable {
+                self.out.refused_unavailable += 1;
+                ConnectReturnCode::ServerUnavailable
+            } else {
+                ConnectReturnCode::IdentifierRejected
+            });
             *self.out.ends.entry("Refused".to_string()).or_insert(0) += 1;
             return;
         }
@@ -980,9 +1169,13 @@ impl Sim {
         let owner = sock.owner;
         let conn = sock.conn;
         let mut buf = std::mem::take(&mut sock.server_buf);
-        self.shards[usize::from(owner)].handle_bytes(conn, &mut buf, self.now_ms);
+        let k = usize::from(owner);
+        let refused = self.shards[k].stats.publish_refused_log_failed_total;
+        self.shards[k].handle_bytes(conn, &mut buf, self.now_ms);
         self.socks[s].server_buf = buf;
+        self.publish_refused = self.shards[k].stats.publish_refused_log_failed_total > refused;
         self.after_call(owner, Cause::Bytes(s));
+        self.publish_refused = false;
     }
 
     fn deliver_to_server(&mut self, s: usize) {
@@ -1056,8 +1249,12 @@ impl Sim {
         match self.mesh[i].pop_front().expect("non-empty mesh queue") {
             Envelope::Core(message) => {
                 self.log(|| format!("mesh {from}->{to}: {message:?}"));
+                let cause = match message {
+                    MeshMessage::Nack(_) => Cause::Nack,
+                    _ => Cause::Mesh,
+                };
                 self.shards[usize::from(to)].handle_mesh(ShardId(from), message);
-                self.after_call(to, Cause::Mesh);
+                self.after_call(to, cause);
                 // So does the receiver of a mesh queue.
                 self.mesh_paced[i] = self.shards[usize::from(to)].take_pressure();
                 self.out.paced += u64::from(self.mesh_paced[i].is_some());
@@ -1137,7 +1334,7 @@ impl Sim {
             kinds.push(2);
         }
         let uncommitted: Vec<usize> = (0..self.logs.len())
-            .filter(|&k| self.logs[k].taken > self.logs[k].committed)
+            .filter(|&k| !self.logs[k].failed && self.logs[k].taken > self.logs[k].committed)
             .collect();
         if !uncommitted.is_empty() {
             kinds.push(3);
@@ -1162,7 +1359,7 @@ impl Sim {
                 let k = uncommitted[self.rng.gen_range(0..uncommitted.len())];
                 let seq = self.logs[k].taken;
                 self.log(|| format!("shard {k}: log committed through {seq}"));
-                self.logs[k].committed = seq;
+                self.logs[k].commit();
                 self.shards[k].records_committed(seq);
                 self.after_call(k as u16, Cause::Mesh);
             }
@@ -1196,6 +1393,10 @@ impl Sim {
 
     fn connect_client(&mut self, c: usize, clean: Option<bool>) {
         let kind = self.clients[c].kind;
+        let clean = match std::mem::take(&mut self.clients[c].must_clean) {
+            true => Some(true),
+            false => clean,
+        };
         let clean = clean.unwrap_or_else(|| match kind {
             Kind::Watcher => false,
             Kind::Named => !self.clients[c].steady && self.rng.gen_bool(0.4),
@@ -1272,10 +1473,9 @@ impl Sim {
         client.pending_subs.clear();
         client.pending_unsubs.clear();
         client.probe = None;
-        if clean {
-            client.outbound.clear();
-            client.inbound_qos2.clear();
-        }
+        // The client's side of the session goes when the broker confirms it has gone
+        // (CONNACK session_present 0), or with a clean connection that was established:
+        // a CONNECT lost on its way (a crash) leaves the session as it was.
         let connect = Connect {
             protocol: if self.rng.gen_bool(0.2) && client.id.len() <= 23 {
                 ProtocolLevel::V3_1
@@ -1286,7 +1486,8 @@ impl Sim {
             keep_alive_secs,
             client_id: client.id.as_str().into(),
             will,
-            username: None,
+            username: (self.sc.acl && matches!(kind, Kind::Named | Kind::Anon))
+                .then(|| format!("u{}", c % 3).into()),
             password: None,
         };
         self.write(c, &Packet::Connect(Box::new(connect)));
@@ -1306,6 +1507,13 @@ impl Sim {
         client.doomed = false;
         client.offline_until_ms = self.now_ms + delay;
         if let Some(s) = sock {
+            if self.socks[s].clean && self.socks[s].got_connack {
+                // A clean session ends with its connection [MQTT-3.1.2-6]: so does the
+                // client's side of it (a crash may leave the next CONNACK no chance to
+                // say so).
+                self.clients[c].outbound.clear();
+                self.clients[c].inbound_qos2.clear();
+            }
             // Whatever the broker still writes is thrown away: a writer blocked on this
             // socket moves on.
             self.socks[s].client_gone = true;
@@ -1560,6 +1768,16 @@ impl Sim {
         }
     }
 
+    /// The user of client `c` in the ACL scenario (see `read_denied`).
+    fn user(&self, c: usize) -> Option<usize> {
+        (self.sc.acl && matches!(self.clients[c].kind, Kind::Named | Kind::Anon)).then_some(c % 3)
+    }
+
+    /// The rules in force now.
+    fn acl_generation(&self) -> u64 {
+        u64::from(self.acl_reloaded_clock.is_some())
+    }
+
     /// Every online check of one PUBLISH the client read.
     fn record_delivery(&mut self, c: usize, s: usize, publish: &Publish, first: bool) {
         let qos = publish.qos.qos();
@@ -1602,6 +1820,20 @@ impl Sim {
                     .msgs
                     .get(&key)
                     .expect("delivered message was published");
+                // Read access: what was first written after the reload is sent only if the
+                // new rules let this client read it (earlier ones may already have been
+                // on their way).
+                if self
+                    .acl_reloaded_clock
+                    .is_some_and(|clock| m.first_sent > clock)
+                {
+                    assert!(
+                        !read_denied(self.acl_generation(), self.user(c), m.topic.as_str()),
+                        "client {c}: got {key:?} on {}, which its rules since the reload deny",
+                        m.topic.as_str()
+                    );
+                    self.out.acl_checked += 1;
+                }
                 assert_eq!(m.topic, publish.topic, "message {key:?} changed topic");
                 assert!(qos <= m.qos, "message {key:?} delivered above its QoS");
                 assert!(m.txs.contains(&tx), "message {key:?}: unknown transmission");
@@ -2228,8 +2460,13 @@ impl Sim {
             n += 1;
             assert!(n < 10_000, "the watcher's SUBACK never came");
         }
-        for _ in 0..self.sc.steps {
+        for step in 0..self.sc.steps {
+            self.planned_events(step);
             self.step();
+        }
+        // Liveness is checked once every log is back.
+        if let Some((_, k, _)) = self.log_failure {
+            self.reopen_log(k);
         }
         self.log(|| "settling".to_string());
         self.settle();
@@ -2248,6 +2485,193 @@ impl Sim {
             self.check_restore();
         }
         self.out
+    }
+
+    /// The events the scenario planned for `step`.
+    fn planned_events(&mut self, step: usize) {
+        if self.acl_reload_at == Some(step) {
+            // As the runtime does at a tick after SIGHUP: every shard, one by one.
+            self.log(|| "ACL reload".to_string());
+            self.acl_reloaded_clock = Some(self.clock);
+            for k in 0..self.shards.len() {
+                self.shards[k]
+                    .set_authorizer(Some(std::sync::Arc::new(SimAuthorizer { generation: 1 })));
+                self.after_call(k as u16, Cause::Mesh);
+            }
+        }
+        if let Some(at) = self.crash_at {
+            // Most crashes worth seeing catch a log with records written, not synced.
+            if step >= at && (self.logs.iter().any(|l| !l.pending.is_empty()) || step > at + 100) {
+                self.crash_at = None;
+                self.crash();
+            }
+        }
+        if let Some((at, k, reopen_at)) = self.log_failure {
+            let i = usize::from(k);
+            // A write fails: it happens while the log has records to write.
+            if (at..reopen_at).contains(&step) && self.logs[i].taken > self.logs[i].committed {
+                self.fail_log(k);
+            } else if step == reopen_at {
+                self.reopen_log(k);
+            }
+        }
+    }
+
+    /// A write or sync of shard `k`'s log fails, as the runtime's log task reports it:
+    /// what was taken and not committed never will be (the image keeps it, see
+    /// `SimLog::state`), and nothing is committed until the log is reopened. The core
+    /// closes the connections whose acknowledgements waited (with their wills), Nacks
+    /// the forwards it owed an Ack, and from now on refuses QoS 1/2 publishes and
+    /// persistent CONNECTs; peers close the publishers whose barriers get a Nack. The
+    /// model accepts exactly those closes (`End::LogFailed`, `LogRefused`, `Nacked`).
+    fn fail_log(&mut self, k: u16) {
+        let i = usize::from(k);
+        if self.logs[i].failed || self.out.log_failures > 0 {
+            return;
+        }
+        self.log(|| format!("shard {k}: log failed"));
+        self.logs[i].failed = true;
+        self.shards[i].log_failed();
+        self.after_call(k, Cause::LogFailed(k));
+        assert!(!self.shards[i].log_healthy());
+    }
+
+    /// The runtime reopened shard `k`'s log and wrote its whole image as a snapshot:
+    /// everything taken so far is committed.
+    fn reopen_log(&mut self, k: u16) {
+        let i = usize::from(k);
+        if !self.logs[i].failed {
+            return;
+        }
+        let seq = self.logs[i].taken;
+        self.log(|| format!("shard {k}: log reopened at {seq}"));
+        self.logs[i].failed = false;
+        self.logs[i].commit();
+        self.shards[i].log_recovered(seq);
+        self.after_call(k, Cause::Mesh);
+        self.out.log_failures += 1;
+    }
+
+    /// The broker process dies and restarts, as after SIGKILL: every shard's core is
+    /// rebuilt from what its log holds on disk (everything committed, and any prefix of
+    /// the batches written but not synced, whole: a killed process loses no write it
+    /// made), every connection and every mesh message in flight is gone, and the restored cores tell each other their interest and
+    /// retained messages before any client is served (the runtime's recovery markers).
+    ///
+    /// Why the whole broker and not one shard: the runtime restarts shards only
+    /// together (one process, recovery at start). A lone shard restart would need what
+    /// the mesh has no message for: peers forgetting its interest (they would forward
+    /// to it for sessions it lost), failing the barriers that wait for its acks (a
+    /// publisher whose forward died with it would wait for ever: barriers have no
+    /// timeout), and peers re-sending their retained messages to its empty replica.
+    ///
+    /// The model: sockets that were open end with `End::Crash` and publish no will;
+    /// wills published before the crash that the watcher has not read may be lost;
+    /// clean sessions are gone, persistent ones are what the log holds (a client whose
+    /// session the log brings back after it had left it starts clean next time).
+    fn crash(&mut self) {
+        self.log(|| "the broker crashes".to_string());
+        self.out.crashes += 1;
+        let n = self.sc.shards;
+        for s in self.live.clone() {
+            let sock = &mut self.socks[s];
+            if sock.server_open {
+                sock.end = Some(End::Crash);
+                *self.out.ends.entry("Crash".to_string()).or_insert(0) += 1;
+            }
+            sock.phase = Phase::Dead;
+            sock.server_open = false;
+            sock.server_gone = true;
+            sock.server_eof = true;
+            sock.writer_blocked = false;
+            sock.paced = None;
+            sock.to_server.clear();
+        }
+        for c in 0..self.clients.len() {
+            if self.clients[c].sock.is_some() {
+                self.client_lost(c);
+            }
+        }
+        for queue in &mut self.mesh {
+            queue.clear();
+        }
+        self.mesh_paced.fill(None);
+        let unread: Vec<String> = self
+            .expected_wills
+            .difference(&self.watcher_wills)
+            .cloned()
+            .collect();
+        self.maybe_wills.extend(unread);
+        for k in 0..n {
+            let i = usize::from(k);
+            let log = &mut self.logs[i];
+            let kept = self.rng.gen_range(0..=log.pending.len());
+            self.out.torn_records_kept += kept as u64;
+            for record in log.pending.drain(..).take(kept).flatten() {
+                if let Err(misfit) = log.durable.apply(&record) {
+                    panic!(
+                        "shard {k}: record {record:?} does not fit the durable state: {misfit:?}"
+                    );
+                }
+            }
+            log.pending.clear();
+            log.state = log.durable.clone();
+            log.taken = 0;
+            log.committed = 0;
+            log.failed = false;
+            let mut core = ShardCore::new(ShardId(k), n, self.limits.clone())
+                .with_durability(Durability::Sync);
+            core.set_incarnation(self.out.crashes);
+            core.restore(&log.state);
+            let old = std::mem::replace(&mut self.shards[i], core);
+            // Forwards held behind a commit die with the process (counted when made).
+            self.out.forwards += old
+                .pending_mesh()
+                .filter(
+                    |(_, m)| matches!(m, MeshMessage::Publish { message, .. } if !message.retain),
+                )
+                .count() as u64;
+            self.retired.push(old.stats);
+            self.held[i] = false;
+            self.open[i].clear();
+        }
+        // A QoS 1 PUBLISH goes out before its MessageSent is durable (a re-send after a
+        // crash is allowed): the broker may send it again without DUP. QoS 2 waits for
+        // MessageSent, and exactly once is still checked across the crash.
+        for client in &mut self.clients {
+            client.nondup.clear();
+        }
+        // The sessions the logs hold.
+        for c in 0..self.clients.len() {
+            let id = &self.clients[c].id;
+            if id.is_empty() {
+                continue;
+            }
+            let owner = owner_of(id, n).index();
+            let restored = self.logs[owner].state.session(id).is_some();
+            match (restored, self.clients[c].server_session) {
+                (true, Some(ss)) if ss.persistent => {}
+                (true, _) => {
+                    self.reset_session(c);
+                    self.next_epoch += 1;
+                    self.clients[c].server_session = Some(ServerSession {
+                        persistent: true,
+                        epoch: self.next_epoch,
+                    });
+                    self.clients[c].must_clean = true;
+                    self.out.sessions_resurrected += 1;
+                }
+                (false, _) => self.reset_session(c),
+            }
+        }
+        // Start-up: what the restored states owe the peers, delivered before clients.
+        for k in 0..n {
+            self.after_call(k, Cause::Mesh);
+        }
+        while let Some(i) = self.mesh.iter().position(|q| !q.is_empty()) {
+            self.deliver_mesh(i);
+        }
+        self.check_bounds();
     }
 
     /// A shard rebuilt from its log holds the same persistent sessions and owned
@@ -2298,6 +2722,14 @@ impl Sim {
                 continue;
             }
             for (c, client) in self.clients.iter().enumerate() {
+                // Only what the subscriber may read is owed to it (under either rules:
+                // which applied depends on when the message reached its session).
+                let user = self.user(c);
+                if (0..=self.acl_generation())
+                    .any(|generation| read_denied(generation, user, m.topic.as_str()))
+                {
+                    continue;
+                }
                 let obliged = client.intervals.iter().any(|i| {
                     i.end.is_none()
                         && i.qos != QoS::AtMostOnce
@@ -2320,10 +2752,19 @@ impl Sim {
                 }
             }
         }
+        // Counters of the cores a crash replaced count too.
         let total = |f: fn(&cutie_shard::stats::ShardStats) -> u64| -> u64 {
-            self.shards.iter().map(|s| f(&s.stats)).sum()
+            self.shards.iter().map(|s| f(&s.stats)).sum::<u64>()
+                + self.retired.iter().map(f).sum::<u64>()
         };
         self.out.dropped_queue_full = total(|s| s.dropped_queue_full_total);
+        self.out.barriers_failed = total(|s| s.barriers_failed_total);
+        if self.log_failure.is_none() {
+            assert_eq!(
+                self.out.barriers_failed, 0,
+                "a barrier failed with every log healthy"
+            );
+        }
         self.out.dropped_outbound_full = total(|s| s.dropped_outbound_full_total);
         if self.sc.bounded {
             assert!(
@@ -2356,6 +2797,7 @@ impl Sim {
             let missing: Vec<&String> = self
                 .expected_wills
                 .difference(&self.watcher_wills)
+                .filter(|w| !self.maybe_wills.contains(*w))
                 .collect();
             assert!(
                 missing.is_empty(),
@@ -2388,6 +2830,11 @@ impl Sim {
             total(|s| s.connections_refused_total),
             ends("Refused"),
             "connections_refused_total"
+        );
+        assert_eq!(
+            total(|s| s.publish_refused_log_failed_total),
+            ends("LogRefused"),
+            "publish_refused_log_failed_total"
         );
 
         assert_eq!(
@@ -2536,6 +2983,9 @@ const ONE_SHARD: Scenario = Scenario {
     steps: 1200,
     bounded: false,
     durable: false,
+    log_failure: false,
+    crash: false,
+    acl: false,
 };
 
 const FOUR_SHARDS: Scenario = Scenario {
@@ -2546,6 +2996,9 @@ const FOUR_SHARDS: Scenario = Scenario {
     steps: 1500,
     bounded: false,
     durable: false,
+    log_failure: false,
+    crash: false,
+    acl: false,
 };
 
 const BOUNDED: Scenario = Scenario {
@@ -2556,6 +3009,9 @@ const BOUNDED: Scenario = Scenario {
     steps: 1500,
     bounded: true,
     durable: false,
+    log_failure: false,
+    crash: false,
+    acl: false,
 };
 
 const ONE_SHARD_DURABLE: Scenario = Scenario {
@@ -2574,6 +3030,24 @@ const BOUNDED_DURABLE: Scenario = Scenario {
     name: "tight_limits_with_durability_sync_log_exactly_the_persistent_state",
     durable: true,
     ..BOUNDED
+};
+
+const LOG_FAILURE: Scenario = Scenario {
+    name: "a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee",
+    log_failure: true,
+    ..FOUR_SHARDS_DURABLE
+};
+
+const ACL_RELOAD: Scenario = Scenario {
+    name: "an_acl_reload_withholds_what_the_new_rules_deny_and_nothing_else",
+    acl: true,
+    ..FOUR_SHARDS
+};
+
+const CRASH: Scenario = Scenario {
+    name: "a_broker_crash_mid_run_keeps_every_acknowledged_guarantee",
+    crash: true,
+    ..FOUR_SHARDS_DURABLE
 };
 
 #[test]
@@ -2611,6 +3085,67 @@ fn four_shards_with_durability_sync_log_exactly_their_persistent_state() {
                 .sum();
             assert!(n > 0, "no {kind} record was ever logged");
         }
+    }
+}
+
+#[test]
+fn a_shard_whose_log_fails_and_reopens_keeps_every_acknowledged_guarantee() {
+    let outcomes = run_seeds(LOG_FAILURE, 6_000_000, 40);
+    if replay_seed().is_none() {
+        assert!(
+            sum(&outcomes, |o| o.obligations) > 300,
+            "few QoS obligations checked"
+        );
+        assert!(
+            sum(&outcomes, |o| o.log_failures) * 10 >= outcomes.len() as u64 * 9,
+            "few runs reached a log failure"
+        );
+        for end in ["LogFailed", "LogRefused", "Nacked"] {
+            assert!(ends(&outcomes, end) > 5, "few connections ended by {end}");
+        }
+        assert!(
+            sum(&outcomes, |o| o.barriers_failed) > 5,
+            "few barriers failed by a Nack"
+        );
+        assert!(
+            sum(&outcomes, |o| o.refused_unavailable) > 5,
+            "few persistent CONNECTs refused while a log was failed"
+        );
+    }
+}
+
+#[test]
+fn an_acl_reload_withholds_what_the_new_rules_deny_and_nothing_else() {
+    let outcomes = run_seeds(ACL_RELOAD, 8_000_000, 30);
+    if replay_seed().is_none() {
+        assert!(
+            sum(&outcomes, |o| o.acl_checked) > 1000,
+            "few deliveries checked after a reload"
+        );
+        assert!(
+            sum(&outcomes, |o| o.obligations) > 300,
+            "few QoS obligations checked"
+        );
+    }
+}
+
+#[test]
+fn a_broker_crash_mid_run_keeps_every_acknowledged_guarantee() {
+    let outcomes = run_seeds(CRASH, 7_000_000, 40);
+    if replay_seed().is_none() {
+        assert_eq!(sum(&outcomes, |o| o.crashes), outcomes.len() as u64);
+        assert!(
+            ends(&outcomes, "Crash") > 100,
+            "few connections lost in a crash"
+        );
+        assert!(
+            sum(&outcomes, |o| o.torn_records_kept) > 5,
+            "few unsynced batches survived a crash"
+        );
+        assert!(
+            sum(&outcomes, |o| o.obligations) > 300,
+            "few QoS obligations checked"
+        );
     }
 }
 
