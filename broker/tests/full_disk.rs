@@ -137,7 +137,12 @@ fn a_full_disk_refuses_qos1_keeps_qos0_and_recovers_when_space_returns() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(broker.logged("reopened and healthy again"));
+    // The log is written by a thread of its own: the line may trail the PUBACK.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.logged("reopened and healthy again") {
+        assert!(Instant::now() < deadline, "the reopening was not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     broker.stop();
 
     // After a restart the persistent subscriber gets every acknowledged message.
