@@ -64,6 +64,10 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    // Before any thread starts (the logging thread is the first): a thread that does not
+    // block them could take SIGTERM with its default action, killing the process instead
+    // of shutting it down.
+    let signals = block_shutdown_signals();
     // Flushes the log lines still queued when `main` returns.
     let (_log_guard, log_dropped) = init_logging(&config.log_level);
     for unknown in &unknown_variables {
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match run(&config, &access, tls, log_dropped) {
+    match run(&config, &access, tls, log_dropped, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -190,10 +194,10 @@ fn run(
     access: &Arc<AccessControl>,
     tls: Option<cutie_shard::tls::TlsListener>,
     log_dropped: tracing_appender::non_blocking::ErrorCounter,
+    signals: &libc::sigset_t,
 ) -> Result<(), String> {
     let started = Instant::now();
     let _lock = lock_data_dir(&config.data_dir)?;
-    let signals = block_shutdown_signals();
     // Up before recovery, so that /healthz and /readyz say "starting" meanwhile.
     let admin = if config.admin.enabled {
         let prometheus = admin::install_recorder()?;
@@ -296,7 +300,7 @@ fn run(
         "cutie is listening"
     );
     let signal = loop {
-        match wait_for_signal(&signals) {
+        match wait_for_signal(signals) {
             libc::SIGHUP => {
                 reload(config, access);
                 if let Some(tls) = &tls {

@@ -217,7 +217,7 @@ fn prompts_twice_on_standard_input() {
 #[test]
 fn prompts_on_a_terminal_without_echo() {
     use std::io::Read as _;
-    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     use std::os::unix::process::CommandExt as _;
 
     let dir = tempfile::tempdir().unwrap();
@@ -289,9 +289,29 @@ fn prompts_on_a_terminal_without_echo() {
             }
         }
     };
+    // The prompt comes before the program turns echo off (as a person would type after
+    // it): wait for both, as the terminal's settings show them.
+    let echo_off = |master: &std::fs::File| {
+        let deadline = Instant::now() + CHILD_TIMEOUT;
+        loop {
+            // SAFETY: tcgetattr fills a zeroed termios from an open pseudo-terminal fd.
+            let echo = unsafe {
+                let mut termios: libc::termios = std::mem::zeroed();
+                assert_eq!(libc::tcgetattr(master.as_raw_fd(), &mut termios), 0);
+                termios.c_lflag & libc::ECHO != 0
+            };
+            if !echo {
+                return;
+            }
+            assert!(Instant::now() < deadline, "echo was never turned off");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     wait_for("Password: ", &mut transcript);
+    echo_off(&master);
     master.write_all(b"tty secret\n").unwrap();
     wait_for("Reenter password: ", &mut transcript);
+    echo_off(&master);
     master.write_all(b"tty secret\n").unwrap();
     let deadline = Instant::now() + CHILD_TIMEOUT;
     let status = loop {
