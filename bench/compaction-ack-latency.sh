@@ -16,14 +16,16 @@ RATE=${RATE:-2000}
 DURATION=${DURATION:-20s}
 OFFLINE=${OFFLINE:-8}
 D=$(mktemp -d)
+CUTIE=${CUTIE:-target/release/cutie}
 CUTIE_PERSISTENCE__WAL_MAX_BYTES=$WAL_MAX_BYTES \
 CUTIE_LIMITS__MAX_QUEUED_MESSAGES=$MAX_QUEUED \
-    target/release/cutie --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shards 1 \
+    "$CUTIE" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shards 1 \
     --data-dir "$D" > "$OUT/cutie-ack-latency.log" 2>&1 &
 P=$!
 trap 'kill $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "$D"' EXIT
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  kill -0 $P 2>/dev/null || { cat "$OUT/cutie-ack-latency.log"; exit 1; }
   sleep 0.1
 done
 echo "== wal_max_bytes $WAL_MAX_BYTES, max_queued_messages $MAX_QUEUED, rate $RATE/s, $DURATION, $OFFLINE offline subscribers"

@@ -18,7 +18,8 @@
 //!   internal subscriptions), with their contract.
 //! - [`durable`]: recovering the shards' write-ahead logs at start (re-homing state after
 //!   a change of `shards`), and each shard's log task (group commit off the shard thread,
-//!   compaction, failure and reopening).
+//!   compaction beside the commits on the `cutie-snap-<n>` thread, failure and
+//!   reopening).
 //! - [`runtime`]: the glommio shell: executors, listeners, connection tasks, the mesh.
 //! - [`tls`]: the TLS listener's configuration (certificate, key, client CA), its reload
 //!   on SIGHUP, and the client certificate's user name.

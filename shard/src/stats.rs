@@ -261,7 +261,8 @@ pub struct ShardStats {
     pub wal_segment_bytes: u64,
     /// Write-ahead log: snapshots written by compaction.
     pub wal_compactions_total: u64,
-    /// Write-ahead log: the longest compaction, during which commits waited (ms).
+    /// Write-ahead log: the longest compaction (ms), written by the snapshot thread while
+    /// commits went on.
     pub wal_compaction_ms_max: u64,
     /// Write-ahead log: write or sync failures (each makes the log unhealthy until reopened).
     pub wal_failures_total: u64,

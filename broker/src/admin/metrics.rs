@@ -562,7 +562,7 @@ const SECONDS: &[SecondsGauge] = &[
     ),
     (
         "cutie_wal_compaction_seconds_max",
-        "The longest write-ahead log compaction (commits waited meanwhile).",
+        "The longest write-ahead log compaction (a snapshot written beside the commits).",
         |v| v.stats.wal_compaction_ms_max as f64 / 1e3,
     ),
     (
