@@ -2,8 +2,8 @@
 //! authorization plug into, and the ban table for clients that keep failing.
 //!
 //! - [`Authenticator`] checks CONNECT credentials. It may be slow (password hashing), so
-//!   the runtime calls it on a blocking thread, never on a shard, before the connection
-//!   reaches its owner shard. It is shared by every shard (`Send + Sync`).
+//!   the runtime calls it on the accepting shard's password-check thread
+//!   ([`crate::offload`]), never on a shard, before the connection reaches its owner shard. It is shared by every shard (`Send + Sync`).
 //! - [`Authorizer`] makes, at CONNECT, one [`ClientPolicy`] per connection; the core asks
 //!   that policy on every PUBLISH and SUBSCRIBE (and for the will). Policies must answer
 //!   in bounded time without I/O or locks: they run on the shard.

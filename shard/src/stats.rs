@@ -227,6 +227,9 @@ pub struct ShardStats {
     pub subscribe_denied_total: u64,
     /// CONNECTs refused for bad credentials or not being authorised (CONNACK 4, 5).
     pub auth_failures_total: u64,
+    /// CONNECTs refused with CONNACK 3 because the shard's password-check queue was full
+    /// ([`crate::offload::CHECK_QUEUE_MAX`]).
+    pub auth_checks_refused_total: u64,
     /// PUBLISHes a plugin dropped.
     pub plugin_dropped_total: u64,
     /// Times a connection went over its publish rate and its input was made to wait.

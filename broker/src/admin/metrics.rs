@@ -426,6 +426,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.auth_failures_total,
     ),
     counter(
+        "cutie_auth_checks_refused_total",
+        "CONNECTs refused with CONNACK 3 because the shard's password-check queue was full.",
+        &[],
+        |v| v.stats.auth_checks_refused_total,
+    ),
+    counter(
         "cutie_publish_denied_total",
         "PUBLISHes (and wills) dropped because the ACL or the topic depth limit denies them.",
         &[],
