@@ -15,6 +15,8 @@
 //! which a broker with durability has to log; they are discarded after the run.
 //!
 //! Modules:
+//! - [`ack`]: the `ack-latency` probe: PUBACK latency of a steady QoS 1 publisher while
+//!   persistent subscribers make the broker log (and compact).
 //! - [`config`]: what to run ([`RunConfig`], [`Scenario`], defaults, validation).
 //! - [`payload`]: the payload header and the pre-encoded PUBLISH template.
 //! - [`tracker`]: per-stream loss / duplication / reordering counters.
@@ -32,6 +34,7 @@
 //! - [`hdrlog`]: HdrHistogram interval log writer.
 //! - [`error`]: [`ClientError`] (one connection) and [`BenchError`] (a run).
 
+pub mod ack;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -66,6 +66,43 @@ enum Command {
     Scenario(ScenarioCommand),
     /// Run the same scenario against several targets, one after another, and compare.
     Compare(CompareArgs),
+    /// PUBACK latency of one steady QoS 1 publisher while persistent subscribers make the
+    /// broker log (and compact); counts compactions through the admin endpoint.
+    AckLatency(AckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct AckArgs {
+    /// PUBLISHes per second, open loop (latency from the scheduled time).
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Payload size in bytes.
+    #[arg(long, alias = "payload", default_value_t = 256)]
+    payload_bytes: usize,
+    /// Persistent subscribers that stay connected and acknowledge.
+    #[arg(long, default_value_t = 2)]
+    subscribers: u32,
+    /// Persistent subscribers that subscribe and leave: their sessions queue messages,
+    /// so the state every compaction writes is large.
+    #[arg(long, default_value_t = 8)]
+    offline_subscribers: u32,
+    /// The broker's admin HTTP address (HOST:PORT), to count compactions.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Warm-up: sent, not timed.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured sending time after the warm-up.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Longest wait after sending stops for the last PUBACKs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Topic prefix (default: cutie-bench/ack-<pid>-<time>).
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -471,6 +508,43 @@ fn run(cli: Cli) -> Result<ExitCode, BenchError> {
                 return Err(error);
             }
             Ok(if report.errors_total > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::AckLatency(args) => {
+            let host = cli.target.host.as_deref().unwrap_or("127.0.0.1");
+            let port = cli.target.port.unwrap_or(1883);
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| BenchError::Resolve {
+                    addr: format!("{host}:{port}"),
+                    reason: "no address".into(),
+                })?;
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let config = cutie_bench::ack::AckConfig {
+                addr,
+                admin_addr: args.admin,
+                rate_per_sec: args.rate,
+                warmup: args.warmup,
+                duration: args.duration,
+                drain: args.drain,
+                payload_bytes: args.payload_bytes,
+                subscribers: args.subscribers,
+                offline_subscribers: args.offline_subscribers,
+                topic_prefix: args
+                    .topic_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("cutie-bench/ack-{}-{stamp}", std::process::id())),
+                connect: connect_options(&args.conn),
+            };
+            let report = cutie_bench::ack::run_ack_latency(&config)?;
+            print!("{report}");
+            Ok(if report.acked < report.sent {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

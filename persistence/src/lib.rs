@@ -20,7 +20,8 @@
 //!   (`fdatasync`, directory `fsync`).
 //! - [`sim`]: [`SimStorage`], in memory: knows synced from unsynced bytes and directory
 //!   entries, crashes at any sync point (optionally tearing writes), injects ENOSPC/EIO.
-//! - [`wal`]: [`Wal`]: append, group commit, segment rotation, compaction, health.
+//! - [`wal`]: [`Wal`]: append, group commit, segment rotation, compaction (inline, or as a
+//!   [`SnapshotJob`] written beside commits), health.
 //! - [`recovery`]: [`Wal::open`] and its [`RecoveryReport`]: snapshot + replay, torn tails
 //!   cut off, damage reported (or, with `skip_corrupt`, kept aside and skipped).
 //! - [`error`]: [`Error`], each variant naming the file and what was being done.
@@ -43,4 +44,4 @@ pub use state::{
     DurableState, Inflight, InflightPhase, Message, Misfit, RetainedMessage, SessionState,
 };
 pub use storage::{FsStorage, Storage};
-pub use wal::{shard_dir, CompactReport, Health, Wal, WalOptions};
+pub use wal::{shard_dir, CompactReport, Health, SnapshotJob, Wal, WalOptions};

@@ -588,6 +588,7 @@ impl<S: Storage> Wal<S> {
                 &state,
                 last_lsn,
                 &mut RecordEncoder::new(),
+                options.snapshot_sync_bytes,
             )?;
             warn!(%dir, file = %written.name, lsn = %last_lsn, "snapshot written after accepting damage");
             report.snapshot_written = Some(written.name);

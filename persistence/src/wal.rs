@@ -6,7 +6,12 @@
 //! one directory `fsync` when it starts a new segment). The broker calls `commit` once per
 //! batch and acknowledges the clients whose records are `<=` the LSN it returns.
 //! [`Wal::compact`] writes the whole state once (a snapshot) and deletes the segments it
-//! replaces; run it when the log has grown well past the state's size.
+//! replaces; run it when the log has grown well past the state's size. Compaction can also
+//! run *beside* commits: [`Wal::begin_snapshot`] seals the current segment and hands out a
+//! [`SnapshotJob`], which another thread writes with its own storage handle while the log
+//! goes on committing into a new segment; [`Wal::end_snapshot`] takes the outcome back.
+//! The snapshot is synced in chunks of [`WalOptions::snapshot_sync_bytes`], so one large
+//! snapshot never queues a huge `fdatasync` in front of the log's own syncs.
 //!
 //! Any storage error makes the log [unhealthy](Health): a failed append may have left a
 //! partial frame, and after a failed `fdatasync` the kernel may have dropped the dirty pages
@@ -39,10 +44,15 @@ pub struct WalOptions {
     /// keep damaged files aside as `<name>.corrupt-<n>`, report the loss, and write a
     /// snapshot so the next open is clean. Off by default: damage stops the open.
     pub skip_corrupt: bool,
+    /// A snapshot being written is `fdatasync`ed every this many bytes (and at its end):
+    /// the device flushes a bounded amount at a time, and the log's commits, synced
+    /// meanwhile by another thread, never wait behind one sync of the whole snapshot.
+    pub snapshot_sync_bytes: u64,
 }
 
 impl WalOptions {
-    /// Defaults for `shard_id`: 64 MiB segments, 16 MiB records, damage stops the open.
+    /// Defaults for `shard_id`: 64 MiB segments, 16 MiB records, damage stops the open,
+    /// snapshots synced every 8 MiB.
     #[must_use]
     pub fn new(shard_id: u32) -> Self {
         Self {
@@ -50,6 +60,7 @@ impl WalOptions {
             segment_bytes_max: 64 << 20,
             record_bytes_max: 16 << 20,
             skip_corrupt: false,
+            snapshot_sync_bytes: 8 << 20,
         }
     }
 }
@@ -93,6 +104,62 @@ pub struct CompactReport {
     pub removed: Vec<String>,
 }
 
+/// A snapshot to be written beside the log: the log was committed through [`lsn`](Self::lsn)
+/// and its current segment sealed when [`Wal::begin_snapshot`] made it, so every segment
+/// that existed then holds only records `<= lsn`, and every later commit goes to segments
+/// whose first LSN is `> lsn`. [`write`](Self::write) it with the state as of `lsn`, on any
+/// thread, then hand the outcome to [`Wal::end_snapshot`].
+#[derive(Debug)]
+#[must_use = "a snapshot job must be written and handed back to Wal::end_snapshot"]
+pub struct SnapshotJob {
+    dir: String,
+    shard_id: u32,
+    lsn: Lsn,
+    snapshot_sync_bytes: u64,
+    /// [`Wal::segment_bytes`] when the job was made: what the snapshot will reclaim.
+    sealed_bytes: u64,
+}
+
+impl SnapshotJob {
+    /// The LSN the snapshot is the state as of.
+    #[must_use]
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Writes `state` (the result of every record `<=` [`lsn`](Self::lsn)) as snapshot
+    /// `snap-<lsn>.snap` through `storage`, a handle of the log's storage that may be used
+    /// from another thread while the log commits: under a temporary name, synced every
+    /// `snapshot_sync_bytes` and at the end, renamed into place, directory synced; then
+    /// removes the segments (first LSN `<= lsn`), older snapshots and temporary files it
+    /// replaces, and syncs the directory. Nothing is removed before the snapshot is
+    /// durable; segments the log creates meanwhile start after `lsn` and are never
+    /// touched.
+    pub fn write<S: Storage>(
+        &self,
+        storage: &mut S,
+        state: &DurableState,
+    ) -> Result<CompactReport, Error> {
+        let written = write_snapshot(
+            storage,
+            &self.dir,
+            self.shard_id,
+            state,
+            self.lsn,
+            &mut RecordEncoder::new(),
+            self.snapshot_sync_bytes,
+        )?;
+        let removed = remove_replaced(storage, &self.dir, self.lsn)?;
+        Ok(CompactReport {
+            lsn: self.lsn,
+            snapshot: Some(written.name),
+            records: written.records,
+            bytes: written.bytes,
+            removed,
+        })
+    }
+}
+
 /// The segment commits currently go to.
 #[derive(Debug)]
 struct OpenSegment<F> {
@@ -132,6 +199,8 @@ pub struct Wal<S: Storage> {
     /// Bytes of the segments written since that snapshot (headers included): what a
     /// compaction would reclaim, the number to compare with a size limit.
     pub(crate) segment_bytes: u64,
+    /// A [`SnapshotJob`] is out: at most one at a time.
+    snapshot_in_flight: bool,
     health: Health,
 }
 
@@ -157,6 +226,7 @@ impl<S: Storage> Wal<S> {
             durable_lsn: last_lsn,
             snapshot_lsn,
             segment_bytes: 0,
+            snapshot_in_flight: false,
             health: Health::Healthy,
         }
     }
@@ -409,50 +479,93 @@ impl<S: Storage> Wal<S> {
         Ok(())
     }
 
+    /// Whether a [`SnapshotJob`] is out (made by [`begin_snapshot`](Self::begin_snapshot),
+    /// not yet handed to [`end_snapshot`](Self::end_snapshot)).
+    #[must_use]
+    pub fn snapshot_in_flight(&self) -> bool {
+        self.snapshot_in_flight
+    }
+
     /// Commits what is pending, then writes a snapshot of `state` as of the durable LSN and
-    /// deletes the segments and snapshots it replaces.
+    /// deletes the segments and snapshots it replaces, all before returning (the caller
+    /// waits: see [`begin_snapshot`](Self::begin_snapshot) to compact beside commits).
     ///
     /// `state` must be the result of applying every record appended so far (through
     /// [`last_lsn`](Self::last_lsn)) to the state [`open`](Self::open) returned. Nothing is
     /// deleted before the snapshot replacing it is durable (written under a temporary name,
     /// synced, renamed into place, directory synced), so a crash at any point recovers the
     /// same state. Any storage error makes the log unhealthy.
+    ///
+    /// # Panics
+    ///
+    /// If a [`SnapshotJob`] is out.
     pub fn compact(&mut self, state: &DurableState) -> Result<CompactReport, Error> {
-        let lsn = self.commit()?;
-        if lsn == self.snapshot_lsn {
+        let Some(job) = self.begin_snapshot()? else {
             return Ok(CompactReport {
-                lsn,
+                lsn: self.snapshot_lsn,
                 snapshot: None,
                 records: 0,
                 bytes: 0,
                 removed: Vec::new(),
             });
+        };
+        let result = job.write(&mut self.storage, state);
+        self.end_snapshot(job, result)
+    }
+
+    /// Starts a compaction that runs beside commits: commits what is pending (`L` = the
+    /// durable LSN), seals the current segment so that later records go to a new segment
+    /// `seg-<L+1>`, and returns the job that writes snapshot `L`. The caller writes it
+    /// ([`SnapshotJob::write`], with the state as of `L`: every record appended so far) on
+    /// any thread while it goes on appending and committing here, then hands the outcome
+    /// to [`end_snapshot`](Self::end_snapshot). `None`: nothing was appended since the
+    /// newest snapshot.
+    ///
+    /// # Panics
+    ///
+    /// If a job is already out: one snapshot at a time.
+    pub fn begin_snapshot(&mut self) -> Result<Option<SnapshotJob>, Error> {
+        assert!(
+            !self.snapshot_in_flight,
+            "begin_snapshot while a snapshot job is out"
+        );
+        let lsn = self.commit()?;
+        if lsn == self.snapshot_lsn {
+            return Ok(None);
         }
         // Seal the current segment: later records go to a new one, so every segment that
-        // exists now holds only records <= lsn.
+        // exists now holds only records <= lsn (and was synced by the commit above).
         self.segment = None;
-        let result = write_snapshot(
-            &mut self.storage,
-            &self.dir,
-            self.options.shard_id,
-            state,
+        self.snapshot_in_flight = true;
+        Ok(Some(SnapshotJob {
+            dir: self.dir.clone(),
+            shard_id: self.options.shard_id,
             lsn,
-            &mut self.encoder,
-        )
-        .and_then(|written| {
-            self.snapshot_lsn = lsn;
-            self.segment_bytes = 0;
-            let removed = remove_replaced(&mut self.storage, &self.dir, lsn)?;
-            Ok(CompactReport {
-                lsn,
-                snapshot: Some(written.name),
-                records: written.records,
-                bytes: written.bytes,
-                removed,
-            })
-        });
+            snapshot_sync_bytes: self.options.snapshot_sync_bytes,
+            sealed_bytes: self.segment_bytes,
+        }))
+    }
+
+    /// Takes back the outcome of `job`'s [`write`](SnapshotJob::write). On success the
+    /// snapshot is the newest and the segment bytes it replaced no longer count; on error
+    /// the log is unhealthy (a failed sync or rename is never retried as if nothing
+    /// happened: the owner reopens the log, whose recovery finds either the old files or
+    /// the durable snapshot, both complete) and the error is returned.
+    pub fn end_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        result: Result<CompactReport, Error>,
+    ) -> Result<CompactReport, Error> {
+        assert!(
+            self.snapshot_in_flight,
+            "end_snapshot without a snapshot job out"
+        );
+        assert_eq!(job.dir, self.dir, "a snapshot job of another log");
+        self.snapshot_in_flight = false;
         match result {
             Ok(report) => {
+                self.snapshot_lsn = self.snapshot_lsn.max(job.lsn);
+                self.segment_bytes = self.segment_bytes.saturating_sub(job.sealed_bytes);
                 info!(
                     dir = %self.dir,
                     lsn = %report.lsn,
@@ -478,9 +591,10 @@ pub(crate) struct SnapshotWritten {
     pub(crate) bytes: u64,
 }
 
-/// Writes `state` as snapshot `snap-<lsn>.snap`: under a temporary name, synced, renamed
-/// into place, directory synced. When this returns `Ok` the snapshot is durable; before
-/// the rename it is invisible to recovery (which deletes temporary files).
+/// Writes `state` as snapshot `snap-<lsn>.snap`: under a temporary name, synced (every
+/// `sync_bytes` and at the end), renamed into place, directory synced. When this returns
+/// `Ok` the snapshot is durable; before the rename it is invisible to recovery (which
+/// deletes temporary files).
 pub(crate) fn write_snapshot<S: Storage>(
     storage: &mut S,
     dir: &str,
@@ -488,6 +602,7 @@ pub(crate) fn write_snapshot<S: Storage>(
     state: &DurableState,
     lsn: Lsn,
     encoder: &mut RecordEncoder,
+    sync_bytes: u64,
 ) -> Result<SnapshotWritten, Error> {
     let tmp = snapshot_tmp_name(lsn);
     let name = snapshot_name(lsn);
@@ -505,7 +620,9 @@ pub(crate) fn write_snapshot<S: Storage>(
         Err(e) => return Err(Error::io("create", dir, &tmp)(e)),
     };
     let records = state.records_len();
-    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 4096);
+    // Never hold more than one sync's worth in memory before writing it.
+    let chunk_bytes = SNAPSHOT_CHUNK_BYTES.min(usize::try_from(sync_bytes).unwrap_or(usize::MAX));
+    let mut chunk = Vec::with_capacity(chunk_bytes + 4096);
     chunk.extend_from_slice(
         &FileHeader {
             kind: FileKind::Snapshot,
@@ -516,6 +633,7 @@ pub(crate) fn write_snapshot<S: Storage>(
         .encode(),
     );
     let mut bytes = 0u64;
+    let mut unsynced_bytes = 0u64;
     let mut written = 0u64;
     for record in state.records() {
         let encoded = encoder.encode(&record).map_err(|e| Error::Encode {
@@ -524,12 +642,20 @@ pub(crate) fn write_snapshot<S: Storage>(
         })?;
         push_frame(encoded, &mut chunk);
         written += 1;
-        if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
+        if chunk.len() >= chunk_bytes {
             storage
                 .append(&mut file, &chunk)
                 .map_err(Error::io("append", dir, &tmp))?;
             bytes += chunk.len() as u64;
+            unsynced_bytes += chunk.len() as u64;
             chunk.clear();
+            if unsynced_bytes >= sync_bytes {
+                // Bounded flushes: a commit synced meanwhile waits behind at most this.
+                storage
+                    .sync(&mut file)
+                    .map_err(Error::io("sync", dir, &tmp))?;
+                unsynced_bytes = 0;
+            }
         }
     }
     assert_eq!(

@@ -2,8 +2,9 @@
 //! authorization plug into, and the ban table for clients that keep failing.
 //!
 //! - [`Authenticator`] checks CONNECT credentials. It may be slow (password hashing), so
-//!   the runtime calls it on a blocking thread, never on a shard, before the connection
-//!   reaches its owner shard. It is shared by every shard (`Send + Sync`).
+//!   the runtime calls it on the accepting shard's password-check thread
+//!   ([`crate::offload`]), never on a shard, before the connection reaches its owner
+//!   shard. It is shared by every shard (`Send + Sync`).
 //! - [`Authorizer`] makes, at CONNECT, one [`ClientPolicy`] per connection; the core asks
 //!   that policy on every PUBLISH and SUBSCRIBE (and for the will), and on every message
 //!   it is about to send to the client (read access is checked per message, as Mosquitto
@@ -48,7 +49,7 @@ pub enum AuthOutcome {
     NotAuthorized,
 }
 
-/// Checks CONNECT credentials. Called on a blocking thread; may take milliseconds.
+/// Checks CONNECT credentials. Called on a password-check thread; may take milliseconds.
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     /// Decides about a client presenting `password` (with `client.username`, which may be
     /// absent: an anonymous client).

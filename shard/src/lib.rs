@@ -18,7 +18,10 @@
 //!   internal subscriptions), with their contract.
 //! - [`durable`]: recovering the shards' write-ahead logs at start (re-homing state after
 //!   a change of `shards`), and each shard's log task (group commit off the shard thread,
-//!   compaction, failure and reopening).
+//!   compaction beside the commits on the `cutie-snap-<n>` thread, failure and
+//!   reopening).
+//! - [`offload`]: the per-shard password-check thread and its bounded queue, so hashing
+//!   never stalls a shard or its log's commits.
 //! - [`runtime`]: the glommio shell: executors, listeners, connection tasks, the mesh.
 //! - [`tls`]: the TLS listener's configuration (certificate, key, client CA), its reload
 //!   on SIGHUP, and the client certificate's user name.
@@ -27,6 +30,7 @@ pub mod access;
 pub mod core;
 pub mod durable;
 pub mod message;
+pub mod offload;
 pub mod plugin;
 pub mod runtime;
 pub mod session;

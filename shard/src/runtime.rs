@@ -1354,9 +1354,11 @@ fn admit(shard: &Shard, peer: Option<SocketAddr>) -> Option<Option<Admitted>> {
     }
 }
 
-/// Checks the CONNECT's credentials with the authenticator in force, on a blocking
-/// thread (password hashing takes milliseconds; a shard must not). On refusal answers
-/// CONNACK 4 or 5, counts the failure against the client's address and returns false.
+/// Checks the CONNECT's credentials with the authenticator in force, on the shard's
+/// password-check thread ([`crate::offload`]: hashing takes milliseconds, and neither the
+/// shard nor the log's blocking thread may wait for it). On refusal answers CONNACK 4 or
+/// 5, counts the failure against the client's address and returns false; when the check
+/// queue is full answers CONNACK 3 (no strike against the address).
 async fn authenticate(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
@@ -1369,21 +1371,33 @@ async fn authenticate(
     let client_id = connect.client_id.to_string();
     let username = connect.username.as_ref().map(|u| u.to_string());
     let password = connect.password.clone();
-    let outcome = glommio::executor()
-        .spawn_blocking(move || {
-            authenticator.authenticate(
-                &Identity {
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                },
-                password.as_deref(),
-            )
-        })
-        .await;
+    let queued = crate::offload::check_password(shard.id.index(), move || {
+        authenticator.authenticate(
+            &Identity {
+                client_id: &client_id,
+                username: username.as_deref(),
+            },
+            password.as_deref(),
+        )
+    });
+    let outcome = match queued {
+        Ok(reply) => reply.await,
+        Err(crate::offload::QueueFull) => None,
+    };
     let code = match outcome {
-        AuthOutcome::Accept => return true,
-        AuthOutcome::BadCredentials => cutie_codec::ConnectReturnCode::BadUserNameOrPassword,
-        AuthOutcome::NotAuthorized => cutie_codec::ConnectReturnCode::NotAuthorized,
+        Some(AuthOutcome::Accept) => return true,
+        Some(AuthOutcome::BadCredentials) => cutie_codec::ConnectReturnCode::BadUserNameOrPassword,
+        Some(AuthOutcome::NotAuthorized) => cutie_codec::ConnectReturnCode::NotAuthorized,
+        None => {
+            // Too many checks waiting: the server's fault, not the client's.
+            {
+                let mut core = shard.core.borrow_mut();
+                core.stats.connections_refused_total += 1;
+                core.stats.auth_checks_refused_total += 1;
+            }
+            refuse_connect(stream, cutie_codec::ConnectReturnCode::ServerUnavailable).await;
+            return false;
+        }
     };
     tracing::debug!(
         shard = %shard.id,

@@ -227,6 +227,9 @@ pub struct ShardStats {
     pub subscribe_denied_total: u64,
     /// CONNECTs refused for bad credentials or not being authorised (CONNACK 4, 5).
     pub auth_failures_total: u64,
+    /// CONNECTs refused with CONNACK 3 because the shard's password-check queue was full
+    /// ([`crate::offload::CHECK_QUEUE_MAX`]).
+    pub auth_checks_refused_total: u64,
     /// PUBLISHes a plugin dropped.
     pub plugin_dropped_total: u64,
     /// Times a connection went over its publish rate and its input was made to wait.
@@ -269,7 +272,8 @@ pub struct ShardStats {
     pub wal_segment_bytes: u64,
     /// Write-ahead log: snapshots written by compaction.
     pub wal_compactions_total: u64,
-    /// Write-ahead log: the longest compaction, during which commits waited (ms).
+    /// Write-ahead log: the longest compaction (ms), written by the snapshot thread while
+    /// commits went on.
     pub wal_compaction_ms_max: u64,
     /// Write-ahead log: write or sync failures (each makes the log unhealthy until reopened).
     pub wal_failures_total: u64,

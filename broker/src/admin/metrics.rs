@@ -426,6 +426,12 @@ const SERIES: &[Series] = &[
         |v| v.stats.auth_failures_total,
     ),
     counter(
+        "cutie_auth_checks_refused_total",
+        "CONNECTs refused with CONNACK 3 because the shard's password-check queue was full.",
+        &[],
+        |v| v.stats.auth_checks_refused_total,
+    ),
+    counter(
         "cutie_publish_denied_total",
         "PUBLISHes (and wills) dropped because the ACL or the topic depth limit denies them.",
         &[],
@@ -580,7 +586,7 @@ const SECONDS: &[SecondsGauge] = &[
     ),
     (
         "cutie_wal_compaction_seconds_max",
-        "The longest write-ahead log compaction (commits waited meanwhile).",
+        "The longest write-ahead log compaction (a snapshot written beside the commits).",
         |v| v.stats.wal_compaction_ms_max as f64 / 1e3,
     ),
     (
