@@ -34,6 +34,7 @@ pub mod offload;
 pub mod plugin;
 pub mod runtime;
 pub mod session;
+pub mod startup;
 pub mod stats;
 pub mod tls;
 pub mod trie;

@@ -30,6 +30,7 @@ use crate::access::{AccessControl, Admitted, AuthOutcome, Identity, Refusal};
 use crate::core::{Limits, OutputState, ShardCore};
 use crate::durable::{LogConfig, RecoveredLog, ShardHealth};
 use crate::message::{owner_of, ConnId, MeshMessage, Message, ShardId};
+use crate::startup::StartGate;
 use crate::stats::{latency_histogram, ClientInfo, Page, SubscriptionInfo};
 use ahash::AHashMap;
 use bytes::BytesMut;
@@ -590,13 +591,11 @@ struct Shard {
     log_wake: Notify,
     /// Tells the log task to write what is left and end.
     log_stop: Cell<bool>,
-    /// Peers that have sent `Envelope::Recovered`.
-    peers_recovered: Cell<usize>,
+    /// Peers' `Envelope::Recovered` markers, and the connections handed over before the
+    /// last one (see [`crate::startup`]).
+    gate: RefCell<StartGate<HandOff>>,
     /// Woken at each `Envelope::Recovered`.
     peer_recovered: Notify,
-    /// Connections handed over before every peer's `Envelope::Recovered` arrived: they
-    /// start once it has (see `HandOff` in `serve`).
-    early_handoffs: RefCell<Vec<HandOff>>,
     /// Per peer shard: what waits to go into its mesh channel, in order (see
     /// [`Outbox`]).
     outboxes: Vec<Outbox>,
@@ -867,9 +866,8 @@ async fn run_shard(setup: ShardSetup) {
         log_room: Drained::default(),
         log_wake: Notify::default(),
         log_stop: Cell::new(false),
-        peers_recovered: Cell::new(0),
+        gate: RefCell::new(StartGate::new(n - 1)),
         peer_recovered: Notify::default(),
-        early_handoffs: RefCell::new(Vec::new()),
         outboxes: (0..n).map(|_| Outbox::default()).collect(),
         delivery_latency_us: RefCell::new(latency_histogram()),
         wal_commit_latency_us: Rc::new(RefCell::new(latency_histogram())),
@@ -926,18 +924,17 @@ async fn run_shard(setup: ShardSetup) {
                         futures_lite::future::yield_now().await;
                     }
                     Envelope::Recovered => {
-                        shard.peers_recovered.set(shard.peers_recovered.get() + 1);
+                        let released = shard.gate.borrow_mut().marker();
+                        for handoff in released {
+                            start_handoff(&shard, handoff);
+                        }
                         shard.peer_recovered.notify();
                     }
                     Envelope::HandOff(handoff) => {
-                        // The peer accepts clients once it has every shard's recovery
-                        // marker; this shard may not have them all yet. A client served
-                        // now could publish before the restored subscriptions of a
-                        // third shard are known here, and have a QoS 1 message
-                        // acknowledged that never reaches them: it waits.
-                        if shard.peers_recovered.get() + 1 < n {
-                            shard.early_handoffs.borrow_mut().push(handoff);
-                        } else {
+                        // Held until every peer's recovery marker is in (see
+                        // `crate::startup`).
+                        let ready = shard.gate.borrow_mut().hand_off(handoff);
+                        if let Some(handoff) = ready {
                             start_handoff(&shard, handoff);
                         }
                     }
@@ -987,12 +984,8 @@ async fn run_shard(setup: ShardSetup) {
             shard.post(ShardId(peer as u16), Envelope::Recovered);
         }
     }
-    while shard.peers_recovered.get() + 1 < n {
+    while !shard.gate.borrow().is_open() {
         shard.peer_recovered.wait().await;
-    }
-    let early = std::mem::take(&mut *shard.early_handoffs.borrow_mut());
-    for handoff in early {
-        start_handoff(&shard, handoff);
     }
     health
         .last_tick_ms

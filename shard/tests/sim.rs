@@ -99,6 +99,7 @@ use cutie_codec::{
 };
 use cutie_persistence::{DurableState, InflightPhase, Record};
 use cutie_shard::session::OutboundState;
+use cutie_shard::startup::StartGate;
 use cutie_shard::{
     owner_of, ConnId, Durability, Limits, MeshMessage, OutputState, ShardCore, ShardId,
 };
@@ -448,6 +449,9 @@ impl Sock {
 enum Envelope {
     Core(MeshMessage),
     HandOff(usize),
+    /// The sender restored its log and sent what it owes its peers (the runtime's
+    /// `Envelope::Recovered`).
+    Recovered,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -538,6 +542,9 @@ struct Outcome {
     /// Broker crashes, and the batches written but not synced that survived them.
     crashes: u64,
     torn_records_kept: u64,
+    /// Connections handed over at start-up before their owner had every peer's
+    /// recovery marker, held by its gate.
+    handoffs_held: u64,
     /// Persistent sessions the model had that a crash took back to an older state.
     sessions_resurrected: u64,
     /// Deliveries checked against the rules after an ACL reload.
@@ -692,6 +699,9 @@ struct Sim {
     logs: Vec<SimLog>,
     /// Per shard: its mesh output was held after the latest drain.
     held: Vec<bool>,
+    /// Per shard: the start-up gate (open except after a restart, until every peer's
+    /// recovery marker arrived). A shard accepts connections only while it is open.
+    gates: Vec<StartGate<usize>>,
     next_tick_ms: Vec<u64>,
     mesh: Vec<VecDeque<Envelope>>,
     /// Per mesh queue: the receiving runtime paces it while this session is congested.
@@ -786,6 +796,7 @@ impl Sim {
             shards,
             logs: (0..n).map(|_| SimLog::default()).collect(),
             held: vec![false; n],
+            gates: (0..n).map(|_| StartGate::new(0)).collect(),
             next_tick_ms,
             mesh: (0..n * n).map(|_| VecDeque::new()).collect(),
             mesh_paced: vec![None; n * n],
@@ -1259,7 +1270,20 @@ impl Sim {
                 self.mesh_paced[i] = self.shards[usize::from(to)].take_pressure();
                 self.out.paced += u64::from(self.mesh_paced[i].is_some());
             }
-            Envelope::HandOff(s) => self.attach(s),
+            Envelope::HandOff(s) => {
+                if let Some(s) = self.gates[usize::from(to)].hand_off(s) {
+                    self.attach(s);
+                } else {
+                    self.log(|| format!("shard {to}: hand-off of socket {s} held at start-up"));
+                    self.out.handoffs_held += 1;
+                }
+            }
+            Envelope::Recovered => {
+                self.log(|| format!("mesh {from}->{to}: recovered"));
+                for s in self.gates[usize::from(to)].marker() {
+                    self.attach(s);
+                }
+            }
         }
     }
 
@@ -1308,7 +1332,10 @@ impl Sim {
         let mut to_client = Vec::new();
         for &s in &self.live {
             let sock = &self.socks[s];
-            let readable = sock.phase == Phase::Pre
+            // A connection waits in the listen backlog of a shard that does not accept
+            // yet (start-up).
+            let readable = (sock.phase == Phase::Pre
+                && self.gates[usize::from(sock.landed)].is_open())
                 || (sock.phase == Phase::Attached && !self.paced(sock.owner, sock.paced));
             if readable
                 && (!sock.to_server.is_empty() || (sock.client_eof && !sock.client_eof_seen))
@@ -2664,12 +2691,19 @@ impl Sim {
                 (false, _) => self.reset_session(c),
             }
         }
-        // Start-up: what the restored states owe the peers, delivered before clients.
+        // Start-up, as the runtime does it: what each restored state owes the peers, then
+        // a marker behind it; a shard accepts clients once every peer's marker is in, and
+        // holds connections handed to it before (`StartGate`). Clients may come back at
+        // once: the network interleaves their connections with the start-up mesh.
         for k in 0..n {
             self.after_call(k, Cause::Mesh);
+            self.gates[usize::from(k)] = StartGate::new(usize::from(n) - 1);
         }
-        while let Some(i) = self.mesh.iter().position(|q| !q.is_empty()) {
-            self.deliver_mesh(i);
+        for from in 0..n {
+            for to in (0..n).filter(|&to| to != from) {
+                let i = self.mesh_index(from, to);
+                self.mesh[i].push_back(Envelope::Recovered);
+            }
         }
         self.check_bounds();
     }
@@ -3143,6 +3177,10 @@ fn a_broker_crash_mid_run_keeps_every_acknowledged_guarantee() {
             "few unsynced batches survived a crash"
         );
         assert!(
+            sum(&outcomes, |o| o.handoffs_held) > 0,
+            "no client came back through a hand-off while the shards were starting"
+        );
+        assert!(
             sum(&outcomes, |o| o.obligations) > 300,
             "few QoS obligations checked"
         );
@@ -3440,6 +3478,81 @@ mod regressions {
         assert_eq!(
             retained_seen(&mut net, 1, 11, "r"),
             vec![Bytes::from("new")]
+        );
+    }
+
+    /// At start-up a connection handed to its owner shard before that shard has every
+    /// peer's recovery marker is held by the owner's `StartGate`. Served at once, as it
+    /// was, its QoS 1 PUBLISH would be routed before the owner knew a third shard's
+    /// restored persistent subscriber, and acknowledged without the subscriber's copy.
+    #[test]
+    fn a_hand_off_at_start_up_waits_for_every_peers_restored_interest() {
+        let n = 3u16;
+        let owned = |shard: u16, prefix: &str| {
+            (0..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|c| owner_of(c, n) == ShardId(shard))
+                .expect("an id for every shard")
+        };
+        let (subscriber, publisher) = (owned(2, "sub"), owned(1, "pub"));
+        // Before the restart: shard 2 logs a persistent subscription.
+        let mut state = DurableState::new();
+        {
+            let mut net = Net::new(n);
+            net.shards[2] =
+                ShardCore::new(ShardId(2), n, Limits::default()).with_durability(Durability::Sync);
+            net.connect(2, 1, &subscriber, false);
+            net.send(2, 1, subscribe("t/#", QoS::AtLeastOnce));
+            let mut records = Vec::new();
+            net.shards[2].take_records(&mut records);
+            for record in &records {
+                state.apply(record).expect("the records fit");
+            }
+        }
+        // The restart: shard 2 restores its log and owes its peers that interest; the
+        // markers travel behind it. Shard 0 hears from everyone first and accepts.
+        let mut net = Net::new(n);
+        net.shards[2].restore(&state);
+        net.collect(2);
+        let mut gates: Vec<StartGate<&str>> = (0..n).map(|_| StartGate::new(2)).collect();
+        while !net.mesh[2 * 3].is_empty() {
+            net.deliver(2, 0);
+        }
+        gates[0].marker();
+        gates[0].marker();
+        assert!(gates[0].is_open());
+        // The publisher lands on shard 0, which hands it to shard 1: not yet.
+        let topic = TopicName::new("t/x").expect("a topic");
+        assert!(
+            !net.shards[1].peer_interested(ShardId(2), &topic),
+            "shard 1 does not know the restored subscriber yet: serving now would lose"
+        );
+        assert_eq!(gates[1].hand_off("publisher"), None, "held at the gate");
+        // Shard 2's interest, then the markers: the gate lets it in.
+        while !net.mesh[2 * 3 + 1].is_empty() {
+            net.deliver(2, 1);
+        }
+        assert!(gates[1].marker().is_empty());
+        assert_eq!(gates[1].marker(), vec!["publisher"]);
+        assert!(net.shards[1].peer_interested(ShardId(2), &topic));
+        net.connect(1, 2, &publisher, true);
+        net.send(
+            1,
+            2,
+            Packet::Publish(Publish {
+                dup: false,
+                qos: PublishQos::AtLeastOnce(id(1)),
+                retain: false,
+                topic,
+                payload: Bytes::from_static(b"m"),
+            }),
+        );
+        assert!(
+            matches!(
+                net.mesh[3 + 2].front(),
+                Some(MeshMessage::Publish { message, .. }) if &message.payload[..] == b"m"
+            ),
+            "forwarded to the restored subscriber's shard"
         );
     }
 }
