@@ -212,6 +212,7 @@ fn run(
             config.shards,
             prometheus,
             log_dropped,
+            access.clone(),
         )?)
     } else {
         None

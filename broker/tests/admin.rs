@@ -171,6 +171,31 @@ fn metrics_move_by_what_real_traffic_did() {
     });
 }
 
+/// The ban table is broker-wide: its size and the bans made are series of their own.
+#[test]
+fn the_ban_table_is_measured() {
+    let (broker, admin) = start(1, &[("CUTIE_LIMITS__BAN_THRESHOLD", "1")]);
+    let before = scrape(admin);
+    assert!(
+        before.contains("# TYPE cutie_bans_total counter"),
+        "{before}"
+    );
+    assert_eq!(metric(&before, "cutie_bans_total", &[]), 0.0);
+    // Two malformed first packets from 127.0.0.1: more than the threshold of one.
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(broker.addr()).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(&[0x00, 0x00]).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    wait_until("the ban in /metrics", || {
+        let text = scrape(admin);
+        metric(&text, "cutie_bans_total", &[]) == 1.0
+            && metric(&text, "cutie_ban_table_addresses", &[]) == 1.0
+    });
+}
+
 /// A persistent subscriber's deliveries are logged (durability sync): the commit
 /// latency histogram counts every fdatasync.
 #[test]

@@ -15,6 +15,7 @@
 //! per distinct value (a few thousand at most), not per sample.
 
 use crate::admin::ShardView;
+use cutie_shard::access::AccessControl;
 use cutie_shard::stats::latency_histogram;
 use hdrhistogram::Histogram;
 use metrics::Label;
@@ -648,6 +649,27 @@ pub fn update(views: &[ShardView], uptime_secs: f64) {
     metrics::gauge!("cutie_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!("cutie_uptime_seconds").set(uptime_secs);
     metrics::gauge!("cutie_shards").set(views.len() as f64);
+}
+
+/// Sets the broker-wide access series: the ban table's size (bounded by
+/// `cutie_shard::access::ADDRESSES_MAX` plus bans in force and addresses with a
+/// connection open) and the bans made since start. One lock of the table per scrape.
+pub fn update_access(access: &AccessControl) {
+    metrics::describe_gauge!(
+        "cutie_ban_table_addresses",
+        "Client addresses the ban table holds (failing, banned or connected)."
+    );
+    metrics::describe_counter!(
+        "cutie_bans_total",
+        "Client addresses banned for failing too often."
+    );
+    metrics::gauge!("cutie_ban_table_addresses").set(access.bans.len() as f64);
+    metrics::counter!("cutie_bans_total").absolute(
+        access
+            .bans
+            .bans_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
 }
 
 /// Appends the latency histograms in Prometheus text format.

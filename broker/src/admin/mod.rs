@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod sys;
 
 use connections::{ConnectionId, Table};
+use cutie_shard::access::AccessControl;
 use cutie_shard::stats::monotonic_ms;
 use cutie_shard::{Monitor, ShardHealth, ShardStats};
 use http::{Request, Response};
@@ -172,6 +173,8 @@ struct Shared {
     collected: Mutex<metrics::Collected>,
     /// Log lines the stderr writer dropped rather than block a shard.
     log_dropped: ErrorCounter,
+    /// The ban table's size and counts, broker-wide.
+    access: Arc<AccessControl>,
 }
 
 impl Shared {
@@ -249,6 +252,7 @@ impl AdminServer {
         shards: usize,
         prometheus: PrometheusHandle,
         log_dropped: ErrorCounter,
+        access: Arc<AccessControl>,
     ) -> Result<AdminServer, String> {
         let listener = TcpListener::bind(listen)
             .map_err(|e| format!("cannot listen on admin address {listen}: {e}"))?;
@@ -273,6 +277,7 @@ impl AdminServer {
             prometheus,
             collected: Mutex::new(metrics::Collected::new(shards)),
             log_dropped,
+            access,
         });
         {
             let shared = shared.clone();
@@ -448,6 +453,7 @@ fn route(shared: &Shared, request: &Request) -> Response {
             metrics::update(&views, shared.started.elapsed().as_secs_f64());
             ::metrics::counter!("cutie_log_lines_dropped_total")
                 .absolute(shared.log_dropped.dropped_lines() as u64);
+            metrics::update_access(&shared.access);
             let mut text = shared.prometheus.render();
             metrics::render_histograms(&mut text, &collected);
             Response {
