@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     // of shutting it down.
     let signals = block_shutdown_signals();
     // Flushes the log lines still queued when `main` returns.
-    let (_log_guard, log_dropped) = init_logging(&config.log_level);
+    let (_log_guard, log_dropped) = init_logging(&config.log_level, config.log_queue_lines);
     for unknown in &unknown_variables {
         tracing::warn!("{unknown}");
     }
@@ -105,16 +105,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines queued for stderr, at most: about 4 MiB at a few hundred bytes a line.
-/// When stderr is slower than the broker logs (a full pipe nobody reads, a stalled
-/// terminal) further lines are dropped and counted (`cutie_log_lines_dropped_total`)
-/// rather than blocking the shard that logs them.
-const LOG_LINES_QUEUED_MAX: usize = 16 * 1024;
-
 /// Logs to stderr through a queue and a writer thread of its own (`cutie-log`). Keep the
-/// guard for the life of the process: dropping it writes out what is queued.
+/// guard for the life of the process: dropping it writes out what is queued. At most
+/// `queue_lines` lines wait (16,384 by default: about 4 MiB at a few hundred bytes a
+/// line); when stderr is slower than the broker logs (a full pipe nobody reads, a
+/// stalled terminal) further lines are dropped and counted
+/// (`cutie_log_lines_dropped_total`) rather than blocking the shard that logs them.
 fn init_logging(
     filter: &str,
+    queue_lines: usize,
 ) -> (
     tracing_appender::non_blocking::WorkerGuard,
     tracing_appender::non_blocking::ErrorCounter,
@@ -123,7 +122,7 @@ fn init_logging(
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
+        .buffered_lines_limit(queue_lines)
         .thread_name("cutie-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();

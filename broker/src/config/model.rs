@@ -55,6 +55,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A `tracing` `EnvFilter` directive (`info`, `warn,cutie_shard=debug`).
     pub log_level: String,
+    /// Log lines queued for the writer thread at most; beyond, lines are dropped (and
+    /// counted) rather than block a shard.
+    pub log_queue_lines: usize,
     /// Seconds between publications of the `$SYS/broker/...` topics; 0 turns them off.
     pub sys_interval_secs: u64,
     /// Where clients connect.
@@ -298,6 +301,7 @@ impl Default for Config {
             pin_cores: true,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_owned(),
+            log_queue_lines: 16 * 1024,
             sys_interval_secs: 10,
             listener: ListenerConfig::default(),
             admin: AdminConfig::default(),

@@ -549,6 +549,7 @@ fn every_range_is_checked() {
         ("shards", |c| c.shards = SHARDS_MAX + 1),
         ("log_level", |c| c.log_level = "info,[".to_owned()),
         ("sys_interval_secs", |c| c.sys_interval_secs = 86_401),
+        ("log_queue_lines", |c| c.log_queue_lines = 0),
         ("data_dir", |c| c.data_dir = PathBuf::new()),
         ("limits.max_packet_size", |c| c.limits.max_packet_size = 63),
         ("limits.max_packet_size", |c| {

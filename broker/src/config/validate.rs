@@ -33,6 +33,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Violation> {
         range("shards", self.shards, 1, SHARDS_MAX)?;
         range("sys_interval_secs", self.sys_interval_secs, 0, 86_400)?;
+        range("log_queue_lines", self.log_queue_lines, 1, 10_000_000)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(Violation {
                 key: "log_level",
