@@ -50,21 +50,8 @@ fn start(shards: u16, env: &[(&str, &str)]) -> (Broker, SocketAddr) {
 
 /// `GET path`: the status and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("read the response");
-    let response = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    (status, body.to_owned())
+    let stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    common::http_get(stream, path, TIMEOUT)
 }
 
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {

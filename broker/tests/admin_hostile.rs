@@ -32,23 +32,8 @@ const CONNECTIONS_PER_ADDRESS_MAX: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `GET path` on `stream` and reads the answer to its end: the status and the body.
-fn request(mut stream: TcpStream, path: &str) -> (u16, String) {
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: cutie\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("read the response");
-    let response = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("a head and a body: {response:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    (status, body.to_owned())
+fn request(stream: TcpStream, path: &str) -> (u16, String) {
+    common::http_get(stream, path, TIMEOUT)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {

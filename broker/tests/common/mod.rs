@@ -602,3 +602,24 @@ impl Client {
         got
     }
 }
+
+/// Sends `GET path` (HTTP/1.1) on `stream` and reads the answer to its end, waiting at
+/// most `timeout` for each read: the status and the body. For the admin endpoint.
+pub fn http_get(mut stream: TcpStream, path: &str, timeout: Duration) -> (u16, String) {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: cutie\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    let response = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("a head and a body: {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
