@@ -245,6 +245,16 @@ struct Conn {
     delivery_times: Vec<(usize, Instant)>,
 }
 
+impl Conn {
+    /// Whether its policy lets this client read a message published to `topic` (no
+    /// policy: everything).
+    fn may_read(&self, topic: &TopicName) -> bool {
+        self.policy
+            .as_ref()
+            .is_none_or(|policy| policy.may_read(topic.as_str()))
+    }
+}
+
 /// A connection's publish-rate token bucket.
 #[derive(Debug)]
 struct PublishRate {
@@ -1934,11 +1944,7 @@ impl ShardCore {
             // Read access is checked as the message goes out, against the policy of the
             // connection now: an ACL reload, or the client coming back under other
             // rules, withholds what it queued under the old ones.
-            if !conn
-                .policy
-                .as_ref()
-                .is_none_or(|policy| policy.may_read(message.topic.as_str()))
-            {
+            if !conn.may_read(&message.topic) {
                 self.stats.deliveries_denied_total += 1;
                 if session.is_persistent() {
                     log_record(&mut self.log, || Record::MessageDiscarded {
@@ -2310,11 +2316,7 @@ impl ShardCore {
         // Read access, per message (queued messages are checked again when they go out:
         // the policy may change before).
         if let Some((_, conn)) = &conn {
-            if !conn
-                .policy
-                .as_ref()
-                .is_none_or(|policy| policy.may_read(message.topic.as_str()))
-            {
+            if !conn.may_read(&message.topic) {
                 self.stats.deliveries_denied_total += 1;
                 return;
             }
